@@ -1,0 +1,76 @@
+"""``capture_feedback`` and ``capture_metric``: events about a trace, from anywhere."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ._config import get_config
+from ._context import current
+from ._jsonable import to_jsonable
+from ._log import logger
+from ._sinks import deliver
+from ._spans import RawEvent, Trace
+
+
+def _emit(
+    kind: str, trace_id: str, library: dict[str, Any], properties: Mapping[str, Any] | None, distinct_id: str | None
+) -> None:
+    config = get_config()
+    if not config.enabled:
+        return
+    if not isinstance(trace_id, str) or not trace_id:
+        logger.warning("%s needs the trace id it is about; got %r, not sent", kind, trace_id)
+        return
+    running = current.get()
+    if running is not None and not running.trace.closed:
+        # Inside a traced handler: the event waits with that trace and takes its user.
+        host = running.trace
+        known = None if host.anonymous else host.distinct_id
+        trace = Trace(
+            config,
+            trace_id=trace_id,
+            distinct_id=distinct_id or known,
+            privacy_mode=host.privacy_mode,
+            groups=host.groups,
+        )
+    else:
+        trace = host = Trace(config, trace_id=trace_id, distinct_id=distinct_id)
+    props = trace.capture(dict(properties)) if properties else {}
+    props.update(library)
+    props["$ai_trace_id"] = trace_id
+    event = RawEvent(kind, trace, props)
+    if host is trace:
+        deliver([event.to_event()])
+    else:
+        host.add(event)
+
+
+def capture_feedback(
+    trace_id: str,
+    text: str,
+    *,
+    properties: Mapping[str, Any] | None = None,
+    distinct_id: str | None = None,
+) -> None:
+    """Send ``$ai_feedback`` about a trace (a user's thumbs-down and comment). Never raises."""
+    try:
+        _emit("$ai_feedback", trace_id, {"$ai_feedback_text": str(text)}, properties, distinct_id)
+    except Exception:
+        logger.exception("capture_feedback failed")
+
+
+def capture_metric(
+    trace_id: str,
+    name: str,
+    value: Any,
+    *,
+    properties: Mapping[str, Any] | None = None,
+    distinct_id: str | None = None,
+) -> None:
+    """Send ``$ai_metric`` (a score, a label, an evaluation result) about a trace. Never raises."""
+    try:
+        library = {"$ai_metric_name": str(name), "$ai_metric_value": to_jsonable(value)}
+        _emit("$ai_metric", trace_id, library, properties, distinct_id)
+    except Exception:
+        logger.exception("capture_metric failed")

@@ -1,0 +1,190 @@
+"""Process-wide settings: explicit ``configure()`` values over environment variables.
+
+The environment is read once, on first use. ``configure()`` never mutates the current
+settings; it swaps in a new frozen object, so a span that already read the settings keeps a
+consistent view.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from . import constants
+from ._jsonable import DEFAULT_REDACT_KEYS, redact_key_set
+from ._log import env_flag, logger
+
+if TYPE_CHECKING:
+    from ._sinks import Sink
+
+DEFAULT_HOST = "https://us.i.posthog.com"
+BATCH_EVENT_LIMIT = 900 * 1024
+"""/batch/ rejects events above ~1 MB; posthog-python caps them at 900 KiB."""
+AI_EVENT_LIMIT = 8 * 1024 * 1024 - 64 * 1024
+"""/i/v0/ai/batch/ takes 8 MiB per event; keep room for the envelope."""
+MIN_EVENT_LIMIT = 16 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    enabled: bool
+    api_key: str | None
+    host: str
+    privacy_mode: bool
+    default_distinct_id: str | None
+    capture_input: bool
+    capture_output: bool
+    redact_keys: frozenset[str]
+    """Normalized key names; empty when redaction is off."""
+    max_event_bytes: int
+    sink: Sink | None
+
+    def limit_for(self, event: str) -> int:
+        if event.startswith("$ai_"):
+            return self.max_event_bytes
+        return min(self.max_event_bytes, BATCH_EVENT_LIMIT)
+
+
+def _env_str(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return int(raw.strip())
+    except ValueError:
+        logger.warning("%s=%r is not an integer; using %d", name, raw, default)
+        return default
+
+
+def _clamp_limit(value: int) -> int:
+    clamped = max(MIN_EVENT_LIMIT, min(value, AI_EVENT_LIMIT))
+    if clamped != value:
+        logger.warning(
+            "max event size %d is outside [%d, %d]; using %d", value, MIN_EVENT_LIMIT, AI_EVENT_LIMIT, clamped
+        )
+    return clamped
+
+
+def _from_env() -> Config:
+    redact_keys: Iterable[str] = DEFAULT_REDACT_KEYS
+    raw_keys = os.environ.get(constants.POSTHOG_LAMBDA_REDACT_KEYS)
+    if raw_keys is not None:
+        redact_keys = [k.strip() for k in raw_keys.split(",") if k.strip()]
+    redact = env_flag(constants.POSTHOG_LAMBDA_REDACT, True)
+    return Config(
+        enabled=env_flag(constants.POSTHOG_LAMBDA_ENABLED, True),
+        api_key=_env_str(constants.POSTHOG_API_KEY),
+        host=(_env_str(constants.POSTHOG_HOST) or DEFAULT_HOST).rstrip("/"),
+        privacy_mode=env_flag(constants.POSTHOG_PRIVACY_MODE, False),
+        default_distinct_id=_env_str(constants.POSTHOG_DEFAULT_DISTINCT_ID),
+        capture_input=env_flag(constants.POSTHOG_LAMBDA_CAPTURE_INPUT, True),
+        capture_output=env_flag(constants.POSTHOG_LAMBDA_CAPTURE_OUTPUT, True),
+        redact_keys=redact_key_set(redact_keys) if redact else frozenset(),
+        max_event_bytes=_clamp_limit(_env_int(constants.POSTHOG_LAMBDA_MAX_EVENT_BYTES, BATCH_EVENT_LIMIT)),
+        sink=None,
+    )
+
+
+_current: Config | None = None
+
+
+def get_config() -> Config:
+    global _current
+    config = _current
+    if config is None:
+        config = _current = _from_env()
+    return config
+
+
+def reset_config() -> None:
+    """Forget ``configure()`` calls and read the environment again (for tests)."""
+    global _current
+    _current = None
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+UNSET: Any = _Unset()
+
+
+def _check(name: str, value: object, types: type | tuple[type, ...]) -> None:
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
+        raise TypeError(f"configure({name}=...) expects {types}, got {type(value).__name__}")
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def configure(
+    *,
+    enabled: bool = UNSET,
+    api_key: str | None = UNSET,
+    host: str = UNSET,
+    privacy_mode: bool = UNSET,
+    default_distinct_id: str | None = UNSET,
+    capture_input: bool = UNSET,
+    capture_output: bool = UNSET,
+    redact: bool = UNSET,
+    redact_keys: Iterable[str] = UNSET,
+    max_event_bytes: int = UNSET,
+    sink: Sink | None = UNSET,
+) -> None:
+    """Set process-wide defaults; each argument left out keeps its current value.
+
+    Environment variables are the fallback for anything never configured; decorator and span
+    arguments win over both. ``redact=False`` turns redaction off, ``redact_keys`` replaces
+    the list of sensitive keys. ``sink`` takes any object with ``send(events)``.
+    """
+    base = get_config()
+    changes: dict[str, Any] = {}
+    flags: tuple[tuple[str, Any], ...] = (
+        ("enabled", enabled),
+        ("privacy_mode", privacy_mode),
+        ("capture_input", capture_input),
+        ("capture_output", capture_output),
+    )
+    for name, value in flags:
+        if value is not UNSET:
+            _check(name, value, bool)
+            changes[name] = value
+    texts: tuple[tuple[str, Any], ...] = (("api_key", api_key), ("default_distinct_id", default_distinct_id))
+    for name, value in texts:
+        if value is not UNSET:
+            if value is not None:
+                _check(name, value, str)
+            changes[name] = value or None
+    if host is not UNSET:
+        _check("host", host, str)
+        changes["host"] = host.rstrip("/") or DEFAULT_HOST
+    if max_event_bytes is not UNSET:
+        _check("max_event_bytes", max_event_bytes, int)
+        changes["max_event_bytes"] = _clamp_limit(max_event_bytes)
+    if sink is not UNSET:
+        if sink is not None and not callable(getattr(sink, "send", None)):
+            raise TypeError("configure(sink=...) expects an object with a send(events) method")
+        changes["sink"] = sink
+    keys = base.redact_keys
+    if redact_keys is not UNSET:
+        if isinstance(redact_keys, str):
+            raise TypeError("configure(redact_keys=...) expects a list of key names, not a string")
+        keys = redact_key_set(redact_keys)
+    elif redact is True and not keys:
+        keys = redact_key_set(DEFAULT_REDACT_KEYS)
+    if redact is not UNSET:
+        _check("redact", redact, bool)
+        if not redact:
+            keys = frozenset()
+    changes["redact_keys"] = keys
+    global _current
+    _current = dataclasses.replace(base, **changes)

@@ -1,0 +1,107 @@
+"""Where finished events go.
+
+A sink is any object with ``send(events)``. It receives each trace's events when the trace
+ends (the handler returned or raised, or an outermost span outside a handler ended), and
+every event it receives has its uuid already, so resending never duplicates in PostHog.
+``send`` should not block for long and may raise: the library catches, counts and logs.
+
+Which sink is used, first match wins: a ``testing.capture_events()`` block, the one given to
+``configure(sink=...)``, then the direct posthog-python sink when POSTHOG_API_KEY is set,
+else nothing (events are counted and dropped, with a logged reason).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol, TypedDict, runtime_checkable
+
+from ._config import Config, get_config
+from ._log import logger, mask, record_drop
+
+
+class Event(TypedDict):
+    """One event as PostHog's capture API receives it."""
+
+    event: str
+    distinct_id: str
+    properties: dict[str, Any]
+    uuid: str
+    timestamp: str
+
+
+@runtime_checkable
+class Sink(Protocol):
+    def send(self, events: Sequence[Event]) -> None:
+        """Take ownership of these finished events."""
+
+
+class MemorySink:
+    """Keeps events in a list, each round-tripped through strict JSON as PostHog would see it."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._lock = threading.Lock()
+
+    def send(self, events: Sequence[Event]) -> None:
+        wire = [json.loads(json.dumps(e, allow_nan=False)) for e in events]
+        with self._lock:
+            self.events.extend(wire)
+
+
+class DropSink:
+    """Used when nothing can deliver: counts and logs instead of losing silently."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def send(self, events: Sequence[Event]) -> None:
+        record_drop("no_destination", len(events), self.reason)
+
+
+_overrides: list[Sink] = []
+_overrides_lock = threading.Lock()
+_auto: tuple[Config, Sink] | None = None
+
+
+def push_override(sink: Sink) -> None:
+    with _overrides_lock:
+        _overrides.append(sink)
+
+
+def pop_override(sink: Sink) -> None:
+    with _overrides_lock:
+        _overrides.remove(sink)
+
+
+def current_sink() -> Sink:
+    if _overrides:
+        return _overrides[-1]
+    config = get_config()
+    if config.sink is not None:
+        return config.sink
+    global _auto
+    auto = _auto
+    if auto is None or auto[0] is not config:
+        auto = _auto = (config, _automatic(config))
+    return auto[1]
+
+
+def _automatic(config: Config) -> Sink:
+    if config.api_key:
+        from ._posthog_sink import PostHogSink
+
+        logger.debug("events go to %s with key %s", config.host, mask(config.api_key))
+        return PostHogSink(config.api_key, config.host)
+    return DropSink("no POSTHOG_API_KEY and no sink configured")
+
+
+def deliver(events: list[Event]) -> None:
+    """Hand events to the current sink. Never raises."""
+    if not events:
+        return
+    try:
+        current_sink().send(events)
+    except Exception as exc:
+        record_drop("sink_error", len(events), f"{type(exc).__name__}: {exc}")

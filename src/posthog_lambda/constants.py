@@ -1,0 +1,56 @@
+"""Every environment variable posthog-lambda reads, with its default.
+
+One module so that the README's configuration table, the code and the tests agree: a test
+checks that the README documents each name defined here. Each constant's docstring is the
+documentation of that variable. Explicit arguments (``configure()``, decorator options)
+always win over these.
+"""
+
+from __future__ import annotations
+
+POSTHOG_API_KEY = "POSTHOG_API_KEY"
+"""PostHog project API key (``phc_...``). Default: unset. Needed by whatever sends to PostHog;
+without it and without the extension, events are counted and dropped. Never logged unmasked."""
+
+POSTHOG_HOST = "POSTHOG_HOST"
+"""PostHog host. Default ``https://us.i.posthog.com``; EU ``https://eu.i.posthog.com`` or a
+self-hosted URL."""
+
+POSTHOG_PRIVACY_MODE = "POSTHOG_PRIVACY_MODE"
+"""``true`` drops inputs and outputs (``$ai_input``, ``$ai_output_choices``,
+``$ai_input_state``, ``$ai_output_state``) from every event kind, keeping tokens, latency,
+model and cost. Default ``false``."""
+
+POSTHOG_DEFAULT_DISTINCT_ID = "POSTHOG_DEFAULT_DISTINCT_ID"
+"""distinct_id for traces whose decorator gives none. Default: unset, meaning the trace id is
+used with ``$process_person_profile: false`` (no person profile)."""
+
+POSTHOG_LAMBDA_ENABLED = "POSTHOG_LAMBDA_ENABLED"
+"""``false`` turns every decorator and span into a pass-through that records nothing.
+Default ``true``."""
+
+POSTHOG_LAMBDA_DEBUG = "POSTHOG_LAMBDA_DEBUG"
+"""``true`` makes the ``posthog_lambda`` logger print to stderr at DEBUG level. Default
+``false``: the library is silent."""
+
+POSTHOG_LAMBDA_CAPTURE_INPUT = "POSTHOG_LAMBDA_CAPTURE_INPUT"
+"""``false`` stops recording the handler's event and decorated functions' arguments as
+``$ai_input_state``. Default ``true``."""
+
+POSTHOG_LAMBDA_CAPTURE_OUTPUT = "POSTHOG_LAMBDA_CAPTURE_OUTPUT"
+"""``false`` stops recording return values as ``$ai_output_state``. Default ``true``."""
+
+POSTHOG_LAMBDA_REDACT = "POSTHOG_LAMBDA_REDACT"
+"""``false`` turns off redaction of sensitive keys. Default ``true``."""
+
+POSTHOG_LAMBDA_REDACT_KEYS = "POSTHOG_LAMBDA_REDACT_KEYS"
+"""Comma-separated key names whose values are replaced by ``[REDACTED]`` wherever they occur
+in captured data (case, ``-`` and ``_`` ignored). Replaces the default list: authorization,
+proxy-authorization, cookie, cookies, set-cookie, x-api-key, api-key, apikey, x-auth-token,
+password, passwd, secret, client-secret, token, access-token, refresh-token, id-token,
+session-token, x-amz-security-token, private-key."""
+
+POSTHOG_LAMBDA_MAX_EVENT_BYTES = "POSTHOG_LAMBDA_MAX_EVENT_BYTES"
+"""Largest serialized event in bytes; larger values are truncated with a visible marker, never
+dropped. Default 921600 (900 KiB, under ``/batch/``'s per-event limit). ``$ai_*`` events may
+be allowed up to 8323072 (``/i/v0/ai/batch/`` takes 8 MiB); other events stay at 900 KiB."""

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from posthog_lambda import _config, _lambda, _sinks
+from posthog_lambda.testing import capture_events
+from tests.helpers import LambdaContext
+
+_OUR_ENV = ("POSTHOG_", "AWS_LAMBDA_", "AWS_REGION", "_X_AMZN_TRACE_ID")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts with no PostHog/Lambda environment and fresh settings."""
+    for name in list(os.environ):
+        if name.startswith(_OUR_ENV):
+            monkeypatch.delenv(name)
+    _config.reset_config()
+    _sinks._auto = None
+    _lambda._cold = False
+    yield
+    _config.reset_config()
+    _sinks._auto = None
+
+
+@pytest.fixture
+def events() -> Iterator[list[Any]]:
+    with capture_events() as captured:
+        yield captured
+
+
+@pytest.fixture
+def context() -> LambdaContext:
+    return LambdaContext()
