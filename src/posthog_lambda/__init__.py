@@ -1,18 +1,23 @@
 """PostHog LLM analytics for AWS Lambda: traces, spans, generations, tokens and cost.
 
-Importing this package imports only the standard library.
+Importing this package imports only the standard library, and only its cheap parts: it runs
+on every cold start. ``ContextExecutor``, ``Sink`` and ``Event`` load on first use.
 """
 
 from __future__ import annotations
 
 from ._capture import capture_feedback, capture_metric
 from ._config import configure
-from ._context import ContextExecutor, carry_context
+from ._context import carry_context
 from ._handler import posthog_traced
 from ._log import dropped_counts
-from ._scope import NoOpSpan, SpanScope, current_span, embedding, generation, span
-from ._sinks import Event, Sink
+from ._scope import NoOpSpan, current_span, embedding, generation, span
 from ._spans import Embedding, Generation, Span
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._executor import ContextExecutor
+    from ._types import Event, Sink
 
 __version__ = "0.1.0"
 
@@ -24,7 +29,6 @@ __all__ = [
     "NoOpSpan",
     "Sink",
     "Span",
-    "SpanScope",
     "capture_feedback",
     "capture_metric",
     "carry_context",
@@ -36,3 +40,16 @@ __all__ = [
     "posthog_traced",
     "span",
 ]
+
+_LAZY = {"ContextExecutor": "._executor", "Event": "._types", "Sink": "._types"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'posthog_lambda' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from ._config import get_config
 from ._context import current
 from ._jsonable import to_jsonable
 from ._log import logger
 from ._sinks import deliver
 from ._spans import RawEvent, Trace
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
 
 
 def _emit(

@@ -1,23 +1,23 @@
 """Process-wide settings: explicit ``configure()`` values over environment variables.
 
 The environment is read once, on first use. ``configure()`` never mutates the current
-settings; it swaps in a new frozen object, so a span that already read the settings keeps a
-consistent view.
+settings; it swaps in a new object, so a span that already read them keeps a consistent view.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
 
 from . import constants
 from ._jsonable import DEFAULT_REDACT_KEYS, redact_key_set
 from ._log import env_flag, logger
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._sinks import Sink
+    from collections.abc import Iterable
+    from typing import Any
+
+    from ._types import Sink
 
 DEFAULT_HOST = "https://us.i.posthog.com"
 BATCH_EVENT_LIMIT = 900 * 1024
@@ -27,19 +27,52 @@ AI_EVENT_LIMIT = 8 * 1024 * 1024 - 64 * 1024
 MIN_EVENT_LIMIT = 16 * 1024
 
 
-@dataclasses.dataclass(frozen=True)
 class Config:
-    enabled: bool
-    api_key: str | None
-    host: str
-    privacy_mode: bool
-    default_distinct_id: str | None
-    capture_input: bool
-    capture_output: bool
-    redact_keys: frozenset[str]
-    """Normalized key names; empty when redaction is off."""
-    max_event_bytes: int
-    sink: Sink | None
+    """The settings in force. Treated as immutable: ``configure()`` makes a new one."""
+
+    __slots__ = (
+        "api_key",
+        "capture_input",
+        "capture_output",
+        "default_distinct_id",
+        "enabled",
+        "host",
+        "max_event_bytes",
+        "privacy_mode",
+        "redact_keys",
+        "sink",
+    )
+
+    def __init__(
+        self,
+        *,
+        enabled: bool,
+        api_key: str | None,
+        host: str,
+        privacy_mode: bool,
+        default_distinct_id: str | None,
+        capture_input: bool,
+        capture_output: bool,
+        redact_keys: frozenset[str],
+        max_event_bytes: int,
+        sink: Sink | None,
+    ) -> None:
+        self.enabled = enabled
+        self.api_key = api_key
+        self.host = host
+        self.privacy_mode = privacy_mode
+        self.default_distinct_id = default_distinct_id
+        self.capture_input = capture_input
+        self.capture_output = capture_output
+        self.redact_keys = redact_keys
+        """Normalized key names; empty when redaction is off."""
+        self.max_event_bytes = max_event_bytes
+        self.sink = sink
+
+    def replace(self, **changes: Any) -> Config:
+        values = {name: getattr(self, name) for name in self.__slots__}
+        values.update(changes)
+        return Config(**values)
 
     def limit_for(self, event: str) -> int:
         if event.startswith("$ai_"):
@@ -92,21 +125,22 @@ def _from_env() -> Config:
     )
 
 
-_current: Config | None = None
+current: Config | None = None
+"""The settings in force; None until first read. Hot paths read it directly."""
 
 
 def get_config() -> Config:
-    global _current
-    config = _current
+    global current
+    config = current
     if config is None:
-        config = _current = _from_env()
+        config = current = _from_env()
     return config
 
 
 def reset_config() -> None:
     """Forget ``configure()`` calls and read the environment again (for tests)."""
-    global _current
-    _current = None
+    global current
+    current = None
 
 
 class _Unset:
@@ -117,13 +151,9 @@ class _Unset:
 UNSET: Any = _Unset()
 
 
-def _check(name: str, value: object, types: type | tuple[type, ...]) -> None:
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
-        raise TypeError(f"configure({name}=...) expects {types}, got {type(value).__name__}")
-
-
-def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
-    return types if isinstance(types, tuple) else (types,)
+def _check(name: str, value: object, kind: type) -> None:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise TypeError(f"configure({name}=...) expects {kind.__name__}, got {type(value).__name__}")
 
 
 def configure(
@@ -186,5 +216,5 @@ def configure(
         if not redact:
             keys = frozenset()
     changes["redact_keys"] = keys
-    global _current
-    _current = dataclasses.replace(base, **changes)
+    global current
+    current = base.replace(**changes)

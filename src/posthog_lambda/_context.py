@@ -7,24 +7,22 @@ so concurrent tasks and threads each see their own. New threads start with an em
 
 from __future__ import annotations
 
-import contextvars
-import functools
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextvars import ContextVar, Token
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from contextvars import ContextVar, copy_context
 
+from ._wraps import wraps
+
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from contextvars import Token
+    from typing import ParamSpec, TypeVar
+
     from ._spans import Span
 
-P = ParamSpec("P")
-R = TypeVar("R")
+    P = ParamSpec("P")
+    R = TypeVar("R")
 
 current: ContextVar[Span | None] = ContextVar("posthog_lambda_current_span", default=None)
-
-
-def activate(span: Span) -> Token[Span | None]:
-    return current.set(span)
 
 
 def deactivate(token: Token[Span | None]) -> None:
@@ -34,7 +32,7 @@ def deactivate(token: Token[Span | None]) -> None:
         # The token came from another context (a span entered in one task and left in
         # another): restore what it replaced rather than fail.
         previous = token.old_value
-        current.set(None if previous is Token.MISSING else previous)
+        current.set(None if previous is token.MISSING else previous)
 
 
 def carry_context(func: Callable[P, R]) -> Callable[P, R]:
@@ -43,17 +41,10 @@ def carry_context(func: Callable[P, R]) -> Callable[P, R]:
     The context is captured now; each call runs in its own copy of it, so the wrapper can be
     called several times and from several threads at once.
     """
-    captured = contextvars.copy_context()
+    captured = copy_context()
 
-    @functools.wraps(func)
+    @wraps(func)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         return captured.copy().run(func, *args, **kwargs)
 
     return run
-
-
-class ContextExecutor(ThreadPoolExecutor):
-    """A ThreadPoolExecutor whose tasks run inside the submitter's current span."""
-
-    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
-        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)

@@ -7,24 +7,35 @@ can therefore never overwrite a ``$ai_*`` field the library set.
 
 from __future__ import annotations
 
-import datetime
-from typing import TYPE_CHECKING, Any
+import time
 
 from . import _ids
 from ._size import fit
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._sinks import Event
+    from typing import Any
+
     from ._spans import Trace
+    from ._types import Event
 
 PRIVATE_PROPERTIES = ("$ai_input", "$ai_output_choices", "$ai_input_state", "$ai_output_state")
 """What privacy mode removes, from every event kind."""
 
-_UTC = datetime.UTC
+_second: tuple[int, str] = (-1, "")
 
 
 def iso(unix_seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(unix_seconds, _UTC).isoformat()
+    """ISO 8601 in UTC with microseconds, as datetime.isoformat() writes it; the events of a
+    trace mostly share their second, so its text is kept."""
+    global _second
+    whole = int(unix_seconds)
+    micros = int((unix_seconds - whole) * 1_000_000)
+    second, text = _second
+    if whole != second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = (whole, text)
+    return f"{text}.{micros:06d}+00:00"
 
 
 def assemble(

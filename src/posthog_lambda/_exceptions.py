@@ -6,10 +6,12 @@ import linecache
 import os
 import sys
 import sysconfig
-from types import TracebackType
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Any
+
     from ._spans import Trace
 
 _MAX_CHAIN = 10

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, overload
+from _collections_abc import Mapping  # collections.abc's, without its import cost
 
 from ._config import get_config
 from ._context import current
@@ -11,11 +10,16 @@ from ._decorate import instrument
 from ._jsonable import to_jsonable
 from ._lambda import lambda_properties, request_id, take_cold_start
 from ._log import logger
-from ._scope import open_span
 from ._spans import Span, Trace, TraceSpan
+from ._wraps import overload
 
-F = TypeVar("F", bound=Callable[..., Any])
-IdSource = str | Callable[[Any, Any], str | None] | None
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeAlias, TypeVar
+
+    F = TypeVar("F", bound=Callable[..., Any])
+    IdSource: TypeAlias = str | Callable[[Any, Any], str | None] | None
 
 
 def _check_id_source(option: str, value: object) -> None:
@@ -59,6 +63,8 @@ def posthog_traced(
     capture_output: bool | None = None,
     privacy_mode: bool | None = None,
 ) -> Callable[[F], F]: ...
+
+
 def posthog_traced(
     func: Callable[..., Any] | None = None,
     *,
@@ -109,7 +115,7 @@ def posthog_traced(
             event, context = _handler_arguments(handler, args, kwargs)
             parent = current.get()
             if parent is not None and not parent.trace.closed:
-                return open_span(Span, trace_name, {"input": event})
+                return Span(trace_name, event).__enter__()
             common = dict(shared)
             rid = request_id(context)
             if rid is not None:
@@ -124,10 +130,9 @@ def posthog_traced(
                 groups=group_map,
                 common=common,
             )
-            root = TraceSpan(trace, trace_name)
+            root = TraceSpan(trace_name, trace, event)
             root.lambda_properties = lambda_properties(context, take_cold_start())
-            root.set_input(event)
-            return root
+            return root.__enter__()
 
         return instrument(handler, start)
 

@@ -4,21 +4,21 @@ It runs when a value is captured (not when the event is sent) so that later muta
 user's objects (an agent appending to its message list) cannot rewrite what was recorded, and
 so that secrets are gone before anything leaves the handler's process. It never raises: what
 cannot be represented becomes a descriptive string.
+
+It imports no module for the types it recognises: a value of type ``decimal.Decimal`` can
+only exist if ``decimal`` is already in ``sys.modules``, so that is where it looks.
 """
 
 from __future__ import annotations
 
-import base64
-import dataclasses
-import datetime
-import enum
 import math
-import uuid
-from collections import deque
-from collections.abc import Iterable, Mapping
-from decimal import Decimal
-from pathlib import PurePath
-from typing import Any
+import sys
+from _collections_abc import Mapping  # what collections.abc re-exports, without its import cost
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
 
 REDACTED = "[REDACTED]"
 MAX_DEPTH = 48
@@ -57,13 +57,34 @@ def redact_key_set(keys: Iterable[str]) -> frozenset[str]:
     return frozenset(normalize_key(str(k)) for k in keys)
 
 
-_SCALARS = (str, int, bool, type(None))
+_normalized: dict[str, str] = {}
+"""The same few keys (role, content, headers...) come back all the time: remember them."""
+
+
+def _is_secret(key: str, redact: frozenset[str]) -> bool:
+    normal = _normalized.get(key)
+    if normal is None:
+        normal = normalize_key(key)
+        if len(_normalized) < 4096:
+            _normalized[key] = normal
+    return normal in redact
+
+
+SCALARS = frozenset({str, int, bool, type(None)})
 
 
 def to_jsonable(value: Any, redact: frozenset[str] = frozenset()) -> Any:
     """A JSON-safe copy of ``value`` with values under keys in ``redact`` replaced."""
-    if type(value) in _SCALARS:
+    kind = type(value)
+    if kind in SCALARS:
         return value
+    if kind is list or kind is tuple:
+        # The common capture: a short list of plain values.
+        for item in value:
+            if type(item) not in SCALARS:
+                break
+        else:
+            return list(value)
     return _convert(value, redact, 0, set())
 
 
@@ -82,13 +103,48 @@ def _convert(value: Any, redact: frozenset[str], depth: int, active: set[int]) -
         return f"<unserializable {type(value).__name__}: {type(exc).__name__}>"
 
 
+def _loaded(module: str, name: str) -> Any:
+    found = sys.modules.get(module)
+    return getattr(found, name, None) if found is not None else None
+
+
 def _convert_unsafe(value: Any, redact: frozenset[str], depth: int, active: set[int]) -> Any:
     kind = type(value)
-    if kind in _SCALARS:
+    if kind in SCALARS:
         return value
     if kind is float:
         return _float(value)
-    if isinstance(value, enum.Enum):
+    if depth >= MAX_DEPTH:
+        return "<max depth reached>"
+    marker = id(value)
+    if marker in active:
+        return "<circular reference>"
+    if kind is list or kind is tuple:
+        active.add(marker)
+        try:
+            return [_convert(item, redact, depth + 1, active) for item in value]
+        finally:
+            active.discard(marker)
+    if kind is dict or isinstance(value, Mapping):
+        active.add(marker)
+        try:
+            out: dict[str, Any] = {}
+            for key, item in value.items():
+                name = key if type(key) is str else _key(key)
+                if redact and _is_secret(name, redact):
+                    out[name] = REDACTED
+                else:
+                    out[name] = _convert(item, redact, depth + 1, active)
+            return out
+        finally:
+            active.discard(marker)
+    return _convert_other(value, redact, depth, active)
+
+
+def _convert_other(value: Any, redact: frozenset[str], depth: int, active: set[int]) -> Any:
+    """Everything that is not a plain scalar, dict, list or tuple."""
+    enum_type = _loaded("enum", "Enum")
+    if enum_type is not None and isinstance(value, enum_type):
         return _convert(value.value, redact, depth, active)
     if isinstance(value, str):
         return str.__str__(value)
@@ -96,61 +152,45 @@ def _convert_unsafe(value: Any, redact: frozenset[str], depth: int, active: set[
         return int(value)
     if isinstance(value, float):
         return _float(float(value))
-    if depth >= MAX_DEPTH:
-        return "<max depth reached>"
     marker = id(value)
-    if marker in active:
-        return "<circular reference>"
-    if isinstance(value, Mapping):
+    if isinstance(value, (list, tuple, set, frozenset)) or _is_instance(value, "collections", "deque"):
         active.add(marker)
         try:
-            out: dict[str, Any] = {}
-            for key, item in value.items():
-                name = key if type(key) is str else _key(key)
-                if redact and normalize_key(name) in redact:
-                    out[name] = REDACTED
-                else:
-                    out[name] = _convert(item, redact, depth + 1, active)
-            return out
+            items = [_convert(item, redact, depth + 1, active) for item in value]
         finally:
             active.discard(marker)
-    if isinstance(value, (list, tuple, deque)):
-        active.add(marker)
-        try:
-            return [_convert(item, redact, depth + 1, active) for item in value]
-        finally:
-            active.discard(marker)
-    if isinstance(value, (set, frozenset)):
-        items = [_convert(item, redact, depth + 1, active) for item in value]
-        try:
-            return sorted(items)
-        except TypeError:
-            return items
+        if isinstance(value, (set, frozenset)):
+            try:
+                return sorted(items)
+            except TypeError:
+                return items
+        return items
     if isinstance(value, (bytes, bytearray, memoryview)):
         raw = bytes(value)
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
+            import base64
+
             return "base64:" + base64.b64encode(raw).decode("ascii")
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+    if _is_instance(value, "datetime", "date") or _is_instance(value, "datetime", "time"):
         return value.isoformat()
-    if isinstance(value, datetime.timedelta):
+    if _is_instance(value, "datetime", "timedelta"):
         return value.total_seconds()
-    if isinstance(value, Decimal):
+    if _is_instance(value, "decimal", "Decimal"):
         if not value.is_finite():
             return "NaN" if value.is_nan() else ("Infinity" if value > 0 else "-Infinity")
         return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, (uuid.UUID, PurePath)):
+    if _is_instance(value, "uuid", "UUID") or _is_instance(value, "pathlib", "PurePath"):
         return str(value)
     if isinstance(value, BaseException):
         return f"{type(value).__name__}: {value}"
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if hasattr(type(value), "__dataclass_fields__") and not isinstance(value, type):
+        # A dataclass instance exists, so ``dataclasses`` is loaded.
+        fields = sys.modules["dataclasses"].fields(value)
         active.add(marker)
         try:
-            return {
-                f.name: _convert(getattr(value, f.name, None), redact, depth + 1, active)
-                for f in dataclasses.fields(value)
-            }
+            return {f.name: _convert(getattr(value, f.name, None), redact, depth + 1, active) for f in fields}
         finally:
             active.discard(marker)
     dumped = _model_dump(value)
@@ -158,6 +198,11 @@ def _convert_unsafe(value: Any, redact: frozenset[str], depth: int, active: set[
         return _convert(dumped, redact, depth + 1, active)
     text = repr(value)
     return text if len(text) <= _REPR_LIMIT else text[:_REPR_LIMIT] + "...<repr truncated>"
+
+
+def _is_instance(value: Any, module: str, name: str) -> bool:
+    kind = _loaded(module, name)
+    return kind is not None and isinstance(value, kind)
 
 
 def _key(key: Any) -> str:

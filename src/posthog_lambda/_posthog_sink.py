@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ._log import logger, mask
 
 if TYPE_CHECKING:
-    from ._sinks import Event
+    from ._types import Event
 
 FLUSH_TIMEOUT_S = 10.0
 

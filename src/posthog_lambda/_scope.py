@@ -1,48 +1,38 @@
-"""``span()``, ``generation()`` and ``embedding()``: context managers that also decorate.
+"""``span()``, ``generation()``, ``embedding()`` and ``current_span()``.
 
-Outside any trace (no traced handler is running in this context), the outermost span starts
-a trace of its own and hands it to the sink when it ends.
+Each factory returns a span that starts when entered (``with``/``async with``) or, used as a
+decorator, a wrapper that records a span per call. Outside any trace (no traced handler is
+running in this context), the outermost span starts a trace of its own and hands it to the
+sink when it ends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from contextvars import Token
-from types import TracebackType
-from typing import Any, Generic, TypeVar, overload
+from ._context import current
+from ._spans import MISSING, Embedding, Generation, Span
+from ._wraps import overload
 
-from ._config import get_config
-from ._context import activate, current, deactivate
-from ._decorate import instrument
-from ._log import logger
-from ._spans import MISSING, Embedding, Generation, Span, Trace
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from types import TracebackType
+    from typing import Any, TypeVar
 
-S = TypeVar("S", bound=Span)
-F = TypeVar("F", bound=Callable[..., Any])
+    F = TypeVar("F", bound=Callable[..., Any])
 
 
 class NoOpSpan(Embedding):
     """Stands in when nothing is being recorded; every method does nothing."""
 
     __slots__ = ()
-
-    def __init__(self) -> None:  # no trace, nothing to record
-        pass
-
-    @property
-    def trace_id(self) -> str:
-        return ""
-
-    @property
-    def span_id(self) -> str:  # type: ignore[override]
-        return ""
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return ""
+    default_name = ""
 
     def __repr__(self) -> str:
         return "<NoOpSpan>"
+
+    @property
+    def span_id(self) -> str:
+        return ""
 
     def is_recording(self) -> bool:
         return False
@@ -62,6 +52,20 @@ class NoOpSpan(Embedding):
     def end(self, error: BaseException | None = None) -> None:
         pass
 
+    def __enter__(self) -> NoOpSpan:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pass
+
+    def __call__(self, func: F) -> F:
+        return func
+
 
 NOOP = NoOpSpan()
 
@@ -72,109 +76,15 @@ def current_span() -> Span:
     return NOOP if span is None else span
 
 
-def open_span(kind: type[S], name: str, fields: Mapping[str, Any]) -> S | None:
-    """Start a span of ``kind`` under the current one, or as a new trace outside any."""
-    config = get_config()
-    if not config.enabled:
-        return None
-    parent = current.get()
-    if parent is None or parent.trace.closed:
-        trace = Trace(config)
-        span = kind(trace, name, trace.trace_id, owns_trace=True)
-    else:
-        span = kind(parent.trace, name, parent.span_id)
-    if fields:
-        span.update(**fields)
-    return span
-
-
-def _arguments(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """A decorated function's arguments by parameter name, without ``self``/``cls``."""
-    code = getattr(func, "__code__", None)
-    names = code.co_varnames[: code.co_argcount] if code is not None else ()
-    named: dict[str, Any] = {}
-    for index, value in enumerate(args):
-        name = names[index] if index < len(names) else f"arg{index}"
-        if index == 0 and name in ("self", "cls"):
-            continue
-        named[name] = value
-    named.update(kwargs)
-    return named
-
-
-class SpanScope(Generic[S]):
-    """What ``span()`` returns: ``with`` it, ``async with`` it, or decorate a function with it."""
-
-    __slots__ = ("_capture_input", "_fields", "_kind", "_name", "_stack")
-
-    def __init__(self, kind: type[S], name: str | None, fields: dict[str, Any], capture_input: bool | None) -> None:
-        self._kind = kind
-        self._name = name
-        self._fields = fields
-        self._capture_input = capture_input
-        self._stack: list[tuple[Span, Token[Span | None] | None]] = []
-
-    def __enter__(self) -> S:
-        try:
-            span = open_span(self._kind, self._name or self._kind.kind[4:], self._fields)
-        except Exception:
-            logger.exception("starting span %r failed; continuing untraced", self._name)
-            span = None
-        if span is None:
-            self._stack.append((NOOP, None))
-            return NOOP  # type: ignore[return-value]
-        self._stack.append((span, activate(span)))
-        return span
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            span, token = self._stack.pop()
-            if token is not None:
-                deactivate(token)
-            span.end(exc)
-        except Exception:
-            logger.exception("ending span %r failed", self._name)
-
-    async def __aenter__(self) -> S:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
-
-    def __call__(self, func: F) -> F:
-        name = self._name or str(getattr(func, "__qualname__", None) or getattr(func, "__name__", "span"))
-        kind, fields, capture_input = self._kind, self._fields, self._capture_input
-
-        def start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Span | None:
-            span = open_span(kind, name, fields)
-            if span is not None and "input" not in fields and capture_input is not False:
-                trace = span.trace
-                if trace.capture_input and not trace.privacy_mode:
-                    span.set_input(_arguments(func, args, kwargs))
-            return span
-
-        return instrument(func, start)
-
-
-def _scope(kind: type[S], name: Any, fields: dict[str, Any], capture_input: bool | None) -> Any:
-    clean = {k: v for k, v in fields.items() if v is not None and v is not MISSING}
-    if "input" in fields and fields["input"] is not MISSING:
-        clean["input"] = fields["input"]
+def _bare(kind: type[Span], name: Any) -> Any:
     if callable(name):  # used bare: @span
-        return SpanScope(kind, None, clean, capture_input)(name)
-    if name is not None and not isinstance(name, str):
-        raise TypeError(f"span name must be a string, got {type(name).__name__}")
-    return SpanScope(kind, name, clean, capture_input)
+        return kind()(name)
+    raise TypeError(f"span name must be a string, got {type(name).__name__}")
+
+
+def _given(**fields: Any) -> dict[str, Any] | None:
+    given = {k: v for k, v in fields.items() if v is not None}
+    return given or None
 
 
 @overload
@@ -186,7 +96,9 @@ def span(
     input: Any = MISSING,
     properties: Mapping[str, Any] | None = None,
     capture_input: bool | None = None,
-) -> SpanScope[Span]: ...
+) -> Span: ...
+
+
 def span(
     name: Any = None,
     *,
@@ -199,7 +111,9 @@ def span(
     As a decorator, the function's arguments are its input (unless ``capture_input=False`` or
     ``input=`` is given) and its return value, or a generator's items, its output.
     """
-    return _scope(Span, name, {"input": input, "properties": properties}, capture_input)
+    if name is None or type(name) is str:
+        return Span(name, input, {"properties": properties} if properties else None, capture_input)
+    return _bare(Span, name)
 
 
 @overload
@@ -216,7 +130,9 @@ def generation(
     base_url: str | None = None,
     properties: Mapping[str, Any] | None = None,
     capture_input: bool | None = None,
-) -> SpanScope[Generation]: ...
+) -> Generation: ...
+
+
 def generation(
     name: Any = None,
     *,
@@ -231,16 +147,17 @@ def generation(
 ) -> Any:
     """A ``$ai_generation`` (one LLM call); ``g.chunk(delta)`` per streamed chunk,
     ``g.update(output=..., input_tokens=..., ...)`` when the response is in."""
-    fields = {
-        "model": model,
-        "provider": provider,
-        "input": input,
-        "model_parameters": model_parameters,
-        "tools": tools,
-        "base_url": base_url,
-        "properties": properties,
-    }
-    return _scope(Generation, name, fields, capture_input)
+    if name is None or type(name) is str:
+        fields = _given(
+            model=model,
+            provider=provider,
+            model_parameters=model_parameters,
+            tools=tools,
+            base_url=base_url,
+            properties=properties,
+        )
+        return Generation(name, input, fields, capture_input)
+    return _bare(Generation, name)
 
 
 @overload
@@ -254,7 +171,9 @@ def embedding(
     input: Any = MISSING,
     properties: Mapping[str, Any] | None = None,
     capture_input: bool | None = None,
-) -> SpanScope[Embedding]: ...
+) -> Embedding: ...
+
+
 def embedding(
     name: Any = None,
     *,
@@ -265,5 +184,6 @@ def embedding(
     capture_input: bool | None = None,
 ) -> Any:
     """A ``$ai_embedding``; ``input`` is the text or list of texts embedded."""
-    fields = {"model": model, "provider": provider, "input": input, "properties": properties}
-    return _scope(Embedding, name, fields, capture_input)
+    if name is None or type(name) is str:
+        return Embedding(name, input, _given(model=model, provider=provider, properties=properties), capture_input)
+    return _bare(Embedding, name)

@@ -12,29 +12,17 @@ else nothing (events are counted and dropped, with a logged reason).
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Sequence
-from typing import Any, Protocol, TypedDict, runtime_checkable
+from _thread import allocate_lock
 
-from ._config import Config, get_config
+from . import _config
 from ._log import logger, mask, record_drop
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
-class Event(TypedDict):
-    """One event as PostHog's capture API receives it."""
-
-    event: str
-    distinct_id: str
-    properties: dict[str, Any]
-    uuid: str
-    timestamp: str
-
-
-@runtime_checkable
-class Sink(Protocol):
-    def send(self, events: Sequence[Event]) -> None:
-        """Take ownership of these finished events."""
+    from ._config import Config
+    from ._types import Event, Sink
 
 
 class MemorySink:
@@ -42,9 +30,11 @@ class MemorySink:
 
     def __init__(self) -> None:
         self.events: list[Event] = []
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
 
     def send(self, events: Sequence[Event]) -> None:
+        import json
+
         wire = [json.loads(json.dumps(e, allow_nan=False)) for e in events]
         with self._lock:
             self.events.extend(wire)
@@ -61,7 +51,7 @@ class DropSink:
 
 
 _overrides: list[Sink] = []
-_overrides_lock = threading.Lock()
+_overrides_lock = allocate_lock()
 _auto: tuple[Config, Sink] | None = None
 
 
@@ -78,7 +68,7 @@ def pop_override(sink: Sink) -> None:
 def current_sink() -> Sink:
     if _overrides:
         return _overrides[-1]
-    config = get_config()
+    config = _config.current or _config.get_config()
     if config.sink is not None:
         return config.sink
     global _auto

@@ -8,7 +8,10 @@ that messages keep their shape, and marks every cut visibly.
 from __future__ import annotations
 
 import json
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MARK = "…[truncated by posthog-lambda: {} of {} chars kept]"
 TRUNCATED_PROPERTY = "posthog_lambda_truncated"

@@ -1,24 +1,36 @@
 """Spans, generations, embeddings and the trace they belong to.
 
 Entering and leaving a span is the hot path (a handler may open thousands), so it only
-records times, ids and already-converted values; building the PostHog event happens once, when
-the trace is handed to the sink.
+records times and already-converted values; ids are made when first needed and the PostHog
+event is built once, when the trace is handed over.
+
+A ``Span`` is also its own context manager and decorator: ``span("x")`` returns a span that
+starts when entered. Entering the same object again (or decorating a function with it) starts
+a new span each time, from the same description.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from _thread import allocate_lock
 
-from . import _ids
-from ._config import Config
-from ._jsonable import to_jsonable
+from . import _config, _ids
+from ._context import current, deactivate
+from ._jsonable import SCALARS, to_jsonable
 from ._log import logger, record_drop
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._sinks import Event
+    from collections.abc import Callable, Mapping
+    from contextvars import Token
+    from types import TracebackType
+    from typing import Any, ClassVar, Self, TypeVar
+
+    from ._config import Config
+    from ._types import Event
+
+    F = TypeVar("F", bound=Callable[..., Any])
+    Pending = tuple["dict[str, Any] | None", "bool | None"]
 
 
 class _Missing:
@@ -29,6 +41,9 @@ class _Missing:
 MISSING: Any = _Missing()
 """Stands for "not given", since None is a legitimate input or output."""
 
+_perf = time.perf_counter
+_wall = time.time
+
 
 class Trace:
     """What all events of one trace share, and the buffer they wait in until the trace ends."""
@@ -37,14 +52,16 @@ class Trace:
         "_closed",
         "_items",
         "_lock",
+        "_taken",
+        "_wall0",
         "anonymous",
-        "capture_input",
-        "capture_output",
         "common",
         "config",
         "distinct_id",
         "groups",
         "privacy_mode",
+        "record_input",
+        "record_output",
         "redact",
         "session_id",
         "trace_id",
@@ -71,22 +88,42 @@ class Trace:
         self.anonymous = not (distinct_id or config.default_distinct_id)
         self.session_id = session_id
         self.privacy_mode = config.privacy_mode if privacy_mode is None else privacy_mode
-        self.capture_input = config.capture_input if capture_input is None else capture_input
-        self.capture_output = config.capture_output if capture_output is None else capture_output
+        # Privacy mode means inputs and outputs are never even captured.
+        capture_input = config.capture_input if capture_input is None else capture_input
+        capture_output = config.capture_output if capture_output is None else capture_output
+        self.record_input = capture_input and not self.privacy_mode
+        self.record_output = capture_output and not self.privacy_mode
         self.redact = config.redact_keys
         self.groups = groups
         self.common = common
         self._items: list[Span | RawEvent] = []
+        self._taken: list[Span | RawEvent] = []
         self._closed = False
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
+        # One wall-clock reading per trace; spans take their wall time from perf_counter.
+        self._wall0 = _wall() - _perf()
+
+    def wall_at(self, perf: float) -> float:
+        """The wall-clock time (Unix seconds) of a perf_counter() reading."""
+        return self._wall0 + perf
 
     def capture(self, value: Any) -> Any:
         return to_jsonable(value, self.redact)
 
     def add(self, item: Span | RawEvent) -> None:
-        with self._lock:
+        # No lock on this path: under the GIL an append is atomic, and close() takes an
+        # atomic snapshot. Only an add that sees the trace closed after appending has to find
+        # out, under the lock, whether the snapshot got its item (settle).
+        if not self._closed:
+            self._items.append(item)
             if not self._closed:
-                self._items.append(item)
+                return
+        self.settle(item)
+
+    def settle(self, item: Span | RawEvent) -> None:
+        """``item`` was added while or after the trace closed: make sure it is sent once."""
+        with self._lock:
+            if any(taken is item for taken in self._taken):
                 return
         # Ended after its trace was handed over (a thread that outlived the handler): send
         # it on its own rather than lose it.
@@ -102,8 +139,9 @@ class Trace:
     def close(self) -> list[Span | RawEvent]:
         with self._lock:
             self._closed = True
-            items, self._items = self._items, []
-        return items
+            self._taken = list(self._items)
+            self._items = []
+        return self._taken
 
 
 class RawEvent:
@@ -115,7 +153,7 @@ class RawEvent:
         self.kind = kind
         self.trace = trace
         self.properties = properties
-        self.wall = time.time()
+        self.wall = _wall()
 
     def to_event(self) -> Event:
         from ._events import assemble
@@ -123,60 +161,208 @@ class RawEvent:
         return assemble(self.kind, self.trace, self.properties, None, self.wall)
 
 
-_perf = time.perf_counter
-_wall = time.time
-
-
 class Span:
     """A unit of work in a trace, emitted as ``$ai_span``."""
 
     kind: ClassVar[str] = "$ai_span"
+    default_name: ClassVar[str] = "span"
+    # What every span uses lives in slots, set in __init__; what few spans use is a class
+    # default, stored per instance (in the __dict__) only when set.
     __slots__ = (
-        "_error",
+        "__dict__",
+        "_id",
         "_input",
+        "_label",
         "_latency",
         "_output",
-        "_owns_trace",
-        "_properties",
         "_start",
-        "_start_wall",
+        "_token",
         "_trace",
         "name",
         "parent_id",
-        "span_id",
     )
+    _pending: Pending | None = None
+    """(update() fields, capture_input) given to span(), applied when it starts."""
+    _properties: dict[str, Any] | None = None
+    _error: str | None = None
+    _owns_trace: bool = False
+    _copies: list[Span] | None = None
 
-    def __init__(self, trace: Trace, name: str, parent_id: str, owns_trace: bool = False) -> None:
-        self._trace = trace
-        self.name = name
-        self.span_id = _ids.uuid4()
-        self.parent_id = parent_id
-        self._input: Any = MISSING
-        self._output: Any = MISSING
-        self._properties: dict[str, Any] | None = None
-        self._error: str | None = None
+    def __init__(
+        self,
+        name: str | None = None,
+        input: Any = MISSING,
+        fields: dict[str, Any] | None = None,
+        capture_input: bool | None = None,
+    ) -> None:
+        self.name = name or self.default_name
+        self._label = name
+        # Kept as given until the span starts and knows its trace's privacy and redaction.
+        self._input: Any = input
+        if fields or capture_input is not None:
+            self._pending = (fields, capture_input)
+        self._trace: Trace = None  # type: ignore[assignment]  # set when it starts
+        self.parent_id = ""
+        self._id: str | None = None
+        self._start: float | None = None
+        """perf_counter() when the span started; None before. Wall time is derived from it."""
         self._latency: float | None = None
-        self._owns_trace = owns_trace
-        self._start_wall = _wall()
-        self._start = _perf()
+        """Seconds; None until the span ends."""
+        self._output: Any = MISSING
+        self._token: Token[Span | None] | None = None
+
+    # -- starting and ending --------------------------------------------------------------
+    # The hot path: written out inline, as every call here costs a measurable share of a span.
+
+    def __enter__(self) -> Self:
+        """Start the span and make it current (it stays unstarted if tracing is disabled)."""
+        try:
+            if self._start is not None:
+                return self._enter_again()
+            trace = self._trace
+            if trace is None:  # a handler's root span comes with its trace
+                parent = current.get()
+                if parent is not None and not parent._trace._closed:
+                    # Joining a running trace: whether to trace was decided when it began.
+                    trace = self._trace = parent._trace
+                    self.parent_id = parent._id or parent.span_id
+                else:
+                    config = _config.current or _config.get_config()
+                    if not config.enabled:
+                        return self
+                    trace = self._trace = Trace(config)
+                    self._owns_trace = True
+                    self.parent_id = trace.trace_id
+            self._start = _perf()
+            value = self._input
+            if value is not MISSING:
+                if not trace.record_input:
+                    self._input = MISSING
+                elif type(value) not in SCALARS:
+                    self._input = to_jsonable(value, trace.redact)
+            if self._pending is not None and self._pending[0]:
+                self.update(**self._pending[0])
+            self._token = current.set(self)
+        except Exception:
+            logger.exception("starting span %r failed; continuing untraced", self.name)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._copies:
+                self._copies.pop().__exit__(exc_type, exc, tb)
+                return
+            token = self._token
+            if token is not None:
+                self._token = None
+                try:
+                    current.reset(token)
+                except ValueError:
+                    deactivate(token)
+                self._end(exc)
+        except Exception:
+            logger.exception("ending span %r failed", self.name)
+
+    def _enter_again(self) -> Self:
+        # Entered before: a new span with the same description.
+        fresh = self._copy()
+        if self._copies is None:
+            self._copies = []
+        self._copies.append(fresh)
+        return fresh.__enter__()
+
+    def _copy(self) -> Self:
+        fresh = type(self)(self._label)
+        fresh._pending = self._pending
+        fresh._input = self._input  # as given, or as recorded if this span already started
+        return fresh
+
+    async def __aenter__(self) -> Self:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __call__(self, func: F) -> F:
+        """Decorate a function (sync, async, generator, async generator): each call is a span
+        whose input is the call's arguments and whose output is its result."""
+        from ._decorate import arguments, instrument
+
+        label = self._label or str(getattr(func, "__qualname__", None) or getattr(func, "__name__", self.name))
+        kind, given, pending = type(self), self._input, self._pending
+        record_arguments = given is MISSING and (pending is None or pending[1] is not False)
+
+        def start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Span:
+            span = kind(label, arguments(func, args, kwargs) if record_arguments else given)
+            span._pending = pending
+            return span.__enter__()
+
+        return instrument(func, start)
+
+    def end(self, error: BaseException | None = None) -> None:
+        """End the span now (context managers and decorators do this for you). Never raises."""
+        try:
+            self._end(error)
+        except Exception:
+            logger.exception("ending span %r failed", self.name)
+
+    def _end(self, error: BaseException | None) -> None:
+        if self._latency is not None or self._start is None:
+            return
+        self._latency = _perf() - self._start
+        if error is not None and not isinstance(error, GeneratorExit):
+            self._error = describe_error(error)
+        trace = self._trace
+        # Trace.add's lock-free path, written out: this runs once per span.
+        if not trace._closed:
+            trace._items.append(self)
+            if not trace._closed:
+                if self._owns_trace:
+                    from ._sinks import deliver
+
+                    deliver([item.to_event() for item in trace.close()])
+                return
+        trace.settle(self)
+
+    # -- what users call ---------------------------------------------------------------
 
     @property
     def trace_id(self) -> str:
-        return self._trace.trace_id
+        return self._trace.trace_id if self._start is not None else ""
+
+    @property
+    def span_id(self) -> str:
+        # Made on first use: a leaf span's id is only needed when its event is built, which
+        # keeps a random id off the hot path of entering and leaving it.
+        span_id = self._id
+        if span_id is None:
+            span_id = self._id = _ids.uuid4()
+        return span_id
 
     @property
     def trace(self) -> Trace:
         return self._trace
 
     def is_recording(self) -> bool:
-        """True until the span ends; a no-op span never records."""
-        return self._latency is None
+        """True from start to end; a span that never started (tracing disabled) or a no-op
+        span never records."""
+        return self._start is not None and self._latency is None
 
     def __bool__(self) -> bool:
         return True
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r} {self.span_id} trace={self.trace_id}>"
+        return f"<{type(self).__name__} {self.name!r} trace={self.trace_id or '-'}>"
 
     def update(
         self,
@@ -189,64 +375,36 @@ class Span:
     ) -> None:
         """Record input, output, custom properties, an error or a new name. Never raises."""
         try:
-            self._update_common(input, output, properties, error, name)
+            if self._start is None or self._latency is not None:
+                logger.debug("update() on span %r that is not running ignored", self.name)
+                return
+            trace = self._trace
+            if output is not MISSING and trace.record_output:
+                self._output = to_jsonable(output, trace.redact)
+            if input is not MISSING and trace.record_input:
+                self._input = to_jsonable(input, trace.redact)
+            if properties:
+                converted = to_jsonable(dict(properties), trace.redact)
+                if self._properties is None:
+                    self._properties = converted
+                else:
+                    self._properties.update(converted)
+            if error is not None:
+                self._error = describe_error(error)
+            if name:
+                self.name = str(name)
         except Exception:
             logger.exception("span update failed; the span keeps what it had")
 
-    def _update_common(
-        self,
-        input: Any,
-        output: Any,
-        properties: Mapping[str, Any] | None,
-        error: BaseException | str | None,
-        name: str | None,
-    ) -> None:
-        if self._latency is not None:
-            logger.debug("update() on ended span %r ignored", self.name)
-            return
-        if input is not MISSING:
-            self.set_input(input)
-        if output is not MISSING:
-            self.set_output(output)
-        if properties:
-            converted = self._trace.capture(dict(properties))
-            if self._properties is None:
-                self._properties = converted
-            else:
-                self._properties.update(converted)
-        if error is not None:
-            self._error = describe_error(error)
-        if name:
-            self.name = str(name)
-
     def set_input(self, value: Any) -> None:
-        trace = self._trace
-        if trace.capture_input and not trace.privacy_mode:
-            self._input = trace.capture(value)
+        """Record the input of a running span (same as ``update(input=...)``)."""
+        self.update(input=value)
 
     def set_output(self, value: Any) -> None:
-        trace = self._trace
-        if trace.capture_output and not trace.privacy_mode:
-            self._output = trace.capture(value)
+        """Record the output of a running span (same as ``update(output=...)``)."""
+        self.update(output=value)
 
-    def end(self, error: BaseException | None = None) -> None:
-        """End the span now (context managers and decorators do this for you). Never raises."""
-        try:
-            self._end(error)
-        except Exception:
-            logger.exception("ending span %r failed", self.name)
-
-    def _end(self, error: BaseException | None) -> None:
-        if self._latency is not None:
-            return
-        self._latency = _perf() - self._start
-        if error is not None and not isinstance(error, GeneratorExit):
-            self._error = describe_error(error)
-        self._trace.add(self)
-        if self._owns_trace:
-            from ._sinks import deliver
-
-            deliver([item.to_event() for item in self._trace.close()])
+    # -- turning into an event -------------------------------------------------------------
 
     def library_properties(self) -> dict[str, Any]:
         """The ``$ai_*`` properties this span sets; they win over user properties."""
@@ -269,7 +427,7 @@ class Span:
         return props
 
     def end_wall(self) -> float:
-        return self._start_wall + (self._latency or 0.0)
+        return self._trace.wall_at((self._start or 0.0) + (self._latency or 0.0))
 
     def to_event(self) -> Event:
         from ._events import assemble
@@ -293,77 +451,71 @@ def _as_messages(value: Any, role: str) -> Any:
     return value
 
 
-# Generation.update keyword -> (PostHog property, kind of value)
-_NUMBERS: dict[str, tuple[str, type]] = {
-    "input_tokens": ("$ai_input_tokens", int),
-    "output_tokens": ("$ai_output_tokens", int),
-    "cache_read_input_tokens": ("$ai_cache_read_input_tokens", int),
-    "cache_creation_input_tokens": ("$ai_cache_creation_input_tokens", int),
-    "reasoning_tokens": ("$ai_reasoning_tokens", int),
-    "http_status": ("$ai_http_status", int),
-    "input_cost_usd": ("$ai_input_cost_usd", float),
-    "output_cost_usd": ("$ai_output_cost_usd", float),
-    "total_cost_usd": ("$ai_total_cost_usd", float),
-}
-_TEXTS: dict[str, str] = {
-    "model": "$ai_model",
-    "provider": "$ai_provider",
-    "stop_reason": "$ai_stop_reason",
-    "base_url": "$ai_base_url",
-}
 _MAX_TOKEN_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
-def _number(field: str, value: Any, kind: type) -> int | float | None:
-    """A count or cost as PostHog can sum it; anything else is dropped, counted and logged."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            value = float(value) if kind is float else int(value)
-        except (TypeError, ValueError, ArithmeticError):
-            record_drop("invalid_generation_field", 1, f"{field}={value!r:.80}")
-            return None
-    if kind is int:
-        if isinstance(value, float) and not value.is_integer():
-            record_drop("invalid_generation_field", 1, f"{field}={value!r:.80}")
-            return None
-        return int(value)
-    number = float(value)
-    if number != number or number in (float("inf"), float("-inf")):
-        record_drop("invalid_generation_field", 1, f"{field}={value!r:.80}")
-        return None
-    return number
+def _count(field: str, value: Any) -> int | None:
+    """A token count or status code PostHog can sum; anything else is dropped, counted, logged."""
+    if type(value) is int:
+        return value
+    try:
+        number = float(value)
+        if not isinstance(value, bool) and number.is_integer():
+            return int(number)
+    except (TypeError, ValueError, ArithmeticError):
+        pass
+    record_drop("invalid_generation_field", 1, f"{field}={value!r:.80}")
+    return None
+
+
+def _usd(field: str, value: Any) -> float | None:
+    """A cost in USD as a finite float; anything else is dropped, counted and logged."""
+    try:
+        number = float(value)
+        if not isinstance(value, bool) and number - number == 0:  # finite
+            return number
+    except (TypeError, ValueError, ArithmeticError):
+        pass
+    record_drop("invalid_generation_field", 1, f"{field}={value!r:.80}")
+    return None
 
 
 class Generation(Span):
     """One call to an LLM, emitted as ``$ai_generation``."""
 
     kind: ClassVar[str] = "$ai_generation"
+    default_name: ClassVar[str] = "generation"
     __slots__ = ("_chunks", "_fields", "_first_token")
 
-    def __init__(self, trace: Trace, name: str, parent_id: str, owns_trace: bool = False) -> None:
-        super().__init__(trace, name, parent_id, owns_trace)
-        self._fields: dict[str, Any] = {}
+    def __init__(
+        self,
+        name: str | None = None,
+        input: Any = MISSING,
+        fields: dict[str, Any] | None = None,
+        capture_input: bool | None = None,
+    ) -> None:
+        super().__init__(name, input, fields, capture_input)
+        self._fields: dict[str, Any] | None = None
         self._first_token: float | None = None
         self._chunks: list[str] | None = None
 
-    def set_input(self, value: Any) -> None:
-        trace = self._trace
-        if trace.capture_input and not trace.privacy_mode:
-            self._input = _as_messages(trace.capture(value), "user")
-
-    def set_output(self, value: Any) -> None:
-        trace = self._trace
-        if trace.capture_output and not trace.privacy_mode:
-            self._output = _as_messages(trace.capture(value), "assistant")
+    def _set(self, prop: str, value: Any) -> None:
+        if value is None:
+            return
+        if self._fields is None:
+            self._fields = {}
+        self._fields[prop] = value
 
     def chunk(self, delta: Any = None) -> None:
         """Record one streamed chunk: the first sets the time to first token; text deltas are
         joined into the output unless an output is given explicitly. Never raises."""
         try:
+            if self._start is None or self._latency is not None:
+                return
             if self._first_token is None:
                 self._first_token = _perf() - self._start
-                self._fields["$ai_stream"] = True
-            if isinstance(delta, str) and self._trace.capture_output and not self._trace.privacy_mode:
+                self._set("$ai_stream", True)
+            if isinstance(delta, str) and self._trace.record_output:
                 if self._chunks is None:
                     self._chunks = []
                 self._chunks.append(delta)
@@ -395,52 +547,74 @@ class Generation(Span):
         tools: Any = None,
     ) -> None:
         """Record what the model call used and returned. Never raises."""
+        if self._start is None or self._latency is not None:
+            logger.debug("update() on generation %r that is not running ignored", self.name)
+            return
+        super().update(input=input, output=output, properties=properties, error=error, name=name)
         try:
-            self._update_common(input, output, properties, error, name)
-            if self._latency is not None:
-                return
-            given = locals()
-            for key, (prop, kind) in _NUMBERS.items():
-                if given[key] is not None:
-                    number = _number(key, given[key], kind)
-                    if number is not None:
-                        self._fields[prop] = number
-            for key, prop in _TEXTS.items():
-                if given[key] is not None:
-                    self._fields[prop] = str(given[key])
+            if model is not None:
+                self._set("$ai_model", str(model))
+            if provider is not None:
+                self._set("$ai_provider", str(provider))
+            if input_tokens is not None:
+                self._set("$ai_input_tokens", _count("input_tokens", input_tokens))
+            if output_tokens is not None:
+                self._set("$ai_output_tokens", _count("output_tokens", output_tokens))
+            if cache_read_input_tokens is not None:
+                self._set("$ai_cache_read_input_tokens", _count("cache_read_input_tokens", cache_read_input_tokens))
+            if cache_creation_input_tokens is not None:
+                count = _count("cache_creation_input_tokens", cache_creation_input_tokens)
+                self._set("$ai_cache_creation_input_tokens", count)
+            if reasoning_tokens is not None:
+                self._set("$ai_reasoning_tokens", _count("reasoning_tokens", reasoning_tokens))
+            if http_status is not None:
+                self._set("$ai_http_status", _count("http_status", http_status))
+            if input_cost_usd is not None:
+                self._set("$ai_input_cost_usd", _usd("input_cost_usd", input_cost_usd))
+            if output_cost_usd is not None:
+                self._set("$ai_output_cost_usd", _usd("output_cost_usd", output_cost_usd))
+            if total_cost_usd is not None:
+                self._set("$ai_total_cost_usd", _usd("total_cost_usd", total_cost_usd))
+            if stop_reason is not None:
+                self._set("$ai_stop_reason", str(stop_reason))
+            if base_url is not None:
+                self._set("$ai_base_url", str(base_url))
             if model_parameters is not None:
                 self._set_model_parameters(model_parameters)
             if tools is not None:
-                self._fields["$ai_tools"] = self._trace.capture(tools)
+                self._set("$ai_tools", self._trace.capture(tools))
         except Exception:
             logger.exception("generation update failed; the generation keeps what it had")
 
+    def _shape_input(self, value: Any) -> Any:
+        return _as_messages(value, "user")
+
     def _set_model_parameters(self, params: Mapping[str, Any]) -> None:
         converted = self._trace.capture(dict(params))
-        self._fields["$ai_model_parameters"] = converted
-        if "temperature" in converted:
-            self._fields["$ai_temperature"] = converted["temperature"]
+        self._set("$ai_model_parameters", converted)
+        self._set("$ai_temperature", converted.get("temperature"))
         for key in _MAX_TOKEN_KEYS:
             if converted.get(key) is not None:
-                self._fields["$ai_max_tokens"] = converted[key]
+                self._set("$ai_max_tokens", converted[key])
                 break
-        if "stream" in converted and "$ai_stream" not in self._fields:
-            self._fields["$ai_stream"] = bool(converted["stream"])
+        if "stream" in converted and (self._fields is None or "$ai_stream" not in self._fields):
+            self._set("$ai_stream", bool(converted["stream"]))
 
     def library_properties(self) -> dict[str, Any]:
         props = super().library_properties()
-        props["$ai_generation_id"] = self.span_id
+        props["$ai_generation_id"] = props["$ai_span_id"]
         # Generations carry their messages in $ai_input / $ai_output_choices, not *_state.
         if "$ai_input_state" in props:
-            props["$ai_input"] = props.pop("$ai_input_state")
+            props["$ai_input"] = self._shape_input(props.pop("$ai_input_state"))
         output = props.pop("$ai_output_state", MISSING)
         if output is MISSING and self._chunks:
-            output = _as_messages("".join(self._chunks), "assistant")
+            output = "".join(self._chunks)
         if output is not MISSING:
-            props["$ai_output_choices"] = output
+            props["$ai_output_choices"] = _as_messages(output, "assistant")
         if self._first_token is not None:
             props["$ai_time_to_first_token"] = self._first_token
-        props.update(self._fields)
+        if self._fields:
+            props.update(self._fields)
         return props
 
 
@@ -448,11 +622,12 @@ class Embedding(Generation):
     """One call to an embedding model, emitted as ``$ai_embedding``."""
 
     kind: ClassVar[str] = "$ai_embedding"
+    default_name: ClassVar[str] = "embedding"
     __slots__ = ()
 
-    def set_input(self, value: Any) -> None:
+    def _shape_input(self, value: Any) -> Any:
         # Embedding input is a string or a list of strings, not chat messages.
-        Span.set_input(self, value)
+        return value
 
     def library_properties(self) -> dict[str, Any]:
         props = super().library_properties()
@@ -464,12 +639,15 @@ class TraceSpan(Span):
     """The root of a handler's trace: emitted as ``$ai_trace``; its id is the trace id."""
 
     kind: ClassVar[str] = "$ai_trace"
+    default_name: ClassVar[str] = "trace"
     __slots__ = ("lambda_properties",)
 
-    def __init__(self, trace: Trace, name: str) -> None:
-        super().__init__(trace, name, parent_id="", owns_trace=True)
-        self.span_id = trace.trace_id
-        self.lambda_properties: dict[str, Any] = {}
+    def __init__(self, name: str, trace: Trace, event: Any) -> None:
+        super().__init__(name, event)
+        self.lambda_properties: dict[str, Any] | None = None
+        self._trace = trace
+        self._id = trace.trace_id
+        self._owns_trace = True
 
     def _end(self, error: BaseException | None) -> None:
         if self._latency is None and error is not None and not isinstance(error, GeneratorExit):
@@ -481,5 +659,6 @@ class TraceSpan(Span):
     def library_properties(self) -> dict[str, Any]:
         props = super().library_properties()
         del props["$ai_span_id"], props["$ai_parent_id"]
-        props.update(self.lambda_properties)
+        if self.lambda_properties:
+            props.update(self.lambda_properties)
         return props

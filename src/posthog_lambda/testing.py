@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from ._sinks import Event, MemorySink, pop_override, push_override
+from ._sinks import MemorySink, pop_override, push_override
+from ._types import Event
 
 __all__ = ["capture_events", "trace_tree_problems"]
 

@@ -46,7 +46,7 @@ def _handler_with_spans() -> Any:
     ("target", "attribute"),
     [
         (_handler, "lambda_properties"),  # starting the trace
-        (_spans.Trace, "add"),  # ending spans
+        (_spans.Trace, "close"),  # ending the trace
         (_events, "assemble"),  # building events
         (_handler, "take_cold_start"),
         (_handler, "_handler_arguments"),

@@ -1,0 +1,36 @@
+"""``functools.wraps`` without importing functools (and collections, which it pulls in)."""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+    from typing import overload as overload
+
+    W = TypeVar("W", bound=Callable[..., Any])
+else:
+
+    def overload(func: Any) -> Any:
+        """typing.overload for type checkers; at run time the last definition simply wins."""
+        return func
+
+
+_ASSIGNED = ("__module__", "__name__", "__qualname__", "__doc__", "__annotations__", "__type_params__")
+
+
+def wraps(wrapped: Callable[..., Any]) -> Callable[[W], W]:
+    """Make the decorated wrapper look like ``wrapped``, as ``functools.wraps`` does."""
+
+    def apply(wrapper: W) -> W:
+        for name in _ASSIGNED:
+            try:
+                value = getattr(wrapped, name)
+            except AttributeError:
+                continue
+            setattr(wrapper, name, value)
+        wrapper.__dict__.update(getattr(wrapped, "__dict__", {}))
+        wrapper.__wrapped__ = wrapped  # type: ignore[attr-defined]
+        return wrapper
+
+    return apply
