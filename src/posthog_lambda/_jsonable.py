@@ -78,13 +78,13 @@ def to_jsonable(value: Any, redact: frozenset[str] = frozenset()) -> Any:
     kind = type(value)
     if kind in SCALARS:
         return value
-    if kind is list or kind is tuple:
+    if kind is list:
         # The common capture: a short list of plain values.
         for item in value:
             if type(item) not in SCALARS:
                 break
         else:
-            return list(value)
+            return value[:]
     return _convert(value, redact, 0, set())
 
 

@@ -37,7 +37,7 @@ class NoOpSpan(Embedding):
     def is_recording(self) -> bool:
         return False
 
-    def update(self, **_: Any) -> None:
+    def update(self, *_: Any, **__: Any) -> None:
         pass
 
     def chunk(self, delta: Any = None) -> None:
@@ -99,9 +99,11 @@ def span(
 ) -> Span: ...
 
 
+# The overloads above are the API (keyword-only); the implementations take their parameters
+# positionally too, because CPython fills missing keyword-only defaults one dict lookup at a
+# time, and these run once per span.
 def span(
     name: Any = None,
-    *,
     input: Any = MISSING,
     properties: Mapping[str, Any] | None = None,
     capture_input: bool | None = None,
@@ -135,7 +137,6 @@ def generation(
 
 def generation(
     name: Any = None,
-    *,
     model: str | None = None,
     provider: str | None = None,
     input: Any = MISSING,
@@ -176,7 +177,6 @@ def embedding(
 
 def embedding(
     name: Any = None,
-    *,
     model: str | None = None,
     provider: str | None = None,
     input: Any = MISSING,

@@ -181,6 +181,8 @@ class Span:
         "name",
         "parent_id",
     )
+    parent_id: str
+    """Set when the span starts: the enclosing span's id, or the trace id at the top."""
     _pending: Pending | None = None
     """(update() fields, capture_input) given to span(), applied when it starts."""
     _properties: dict[str, Any] | None = None
@@ -202,7 +204,6 @@ class Span:
         if fields or capture_input is not None:
             self._pending = (fields, capture_input)
         self._trace: Trace = None  # type: ignore[assignment]  # set when it starts
-        self.parent_id = ""
         self._id: str | None = None
         self._start: float | None = None
         """perf_counter() when the span started; None before. Wall time is derived from it."""
@@ -253,6 +254,7 @@ class Span:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """End the span, recording ``exc`` as its error, and restore the span it replaced."""
         try:
             if self._copies:
                 self._copies.pop().__exit__(exc_type, exc, tb)
@@ -264,9 +266,28 @@ class Span:
                     current.reset(token)
                 except ValueError:
                     deactivate(token)
-                self._end(exc)
+            start = self._start
+            if start is None or self._latency is not None:
+                return
+            self._latency = _perf() - start
+            if exc is not None and not isinstance(exc, GeneratorExit):
+                self._record_error(exc)
+            trace = self._trace
+            # Trace.add's lock-free path, written out: this runs once per span.
+            if not trace._closed:
+                trace._items.append(self)
+                if not trace._closed:
+                    if self._owns_trace:
+                        from ._sinks import deliver
+
+                        deliver([item.to_event() for item in trace.close()])
+                    return
+            trace.settle(self)
         except Exception:
             logger.exception("ending span %r failed", self.name)
+
+    def _record_error(self, error: BaseException) -> None:
+        self._error = describe_error(error)
 
     def _enter_again(self) -> Self:
         # Entered before: a new span with the same description.
@@ -310,29 +331,8 @@ class Span:
         return instrument(func, start)
 
     def end(self, error: BaseException | None = None) -> None:
-        """End the span now (context managers and decorators do this for you). Never raises."""
-        try:
-            self._end(error)
-        except Exception:
-            logger.exception("ending span %r failed", self.name)
-
-    def _end(self, error: BaseException | None) -> None:
-        if self._latency is not None or self._start is None:
-            return
-        self._latency = _perf() - self._start
-        if error is not None and not isinstance(error, GeneratorExit):
-            self._error = describe_error(error)
-        trace = self._trace
-        # Trace.add's lock-free path, written out: this runs once per span.
-        if not trace._closed:
-            trace._items.append(self)
-            if not trace._closed:
-                if self._owns_trace:
-                    from ._sinks import deliver
-
-                    deliver([item.to_event() for item in trace.close()])
-                return
-        trace.settle(self)
+        """End the span now, as leaving its ``with`` block would. Never raises."""
+        self.__exit__(None if error is None else type(error), error, None)
 
     # -- what users call ---------------------------------------------------------------
 
@@ -366,21 +366,23 @@ class Span:
 
     def update(
         self,
-        *,
-        input: Any = MISSING,
         output: Any = MISSING,
+        input: Any = MISSING,
         properties: Mapping[str, Any] | None = None,
         error: BaseException | str | None = None,
         name: str | None = None,
     ) -> None:
-        """Record input, output, custom properties, an error or a new name. Never raises."""
+        """Record output, input, custom properties, an error or a new name. Never raises.
+
+        Pass them by keyword; the parameters are not keyword-only because CPython fills
+        missing keyword-only defaults one dictionary lookup at a time, on a hot path."""
         try:
             if self._start is None or self._latency is not None:
                 logger.debug("update() on span %r that is not running ignored", self.name)
                 return
             trace = self._trace
             if output is not MISSING and trace.record_output:
-                self._output = to_jsonable(output, trace.redact)
+                self._output = output if type(output) in SCALARS else to_jsonable(output, trace.redact)
             if input is not MISSING and trace.record_input:
                 self._input = to_jsonable(input, trace.redact)
             if properties:
@@ -524,9 +526,8 @@ class Generation(Span):
 
     def update(
         self,
-        *,
-        input: Any = MISSING,
         output: Any = MISSING,
+        input: Any = MISSING,
         properties: Mapping[str, Any] | None = None,
         error: BaseException | str | None = None,
         name: str | None = None,
@@ -546,11 +547,11 @@ class Generation(Span):
         total_cost_usd: float | None = None,
         tools: Any = None,
     ) -> None:
-        """Record what the model call used and returned. Never raises."""
+        """Record what the model call used and returned (pass everything by keyword). Never raises."""
         if self._start is None or self._latency is not None:
             logger.debug("update() on generation %r that is not running ignored", self.name)
             return
-        super().update(input=input, output=output, properties=properties, error=error, name=name)
+        super().update(output, input, properties, error, name)
         try:
             if model is not None:
                 self._set("$ai_model", str(model))
@@ -648,13 +649,13 @@ class TraceSpan(Span):
         self._trace = trace
         self._id = trace.trace_id
         self._owns_trace = True
+        self.parent_id = ""
 
-    def _end(self, error: BaseException | None) -> None:
-        if self._latency is None and error is not None and not isinstance(error, GeneratorExit):
-            from ._exceptions import exception_properties
+    def _record_error(self, error: BaseException) -> None:
+        from ._exceptions import exception_properties
 
-            self._trace.add(RawEvent("$exception", self._trace, exception_properties(error, self._trace)))
-        super()._end(error)
+        super()._record_error(error)
+        self._trace.add(RawEvent("$exception", self._trace, exception_properties(error, self._trace)))
 
     def library_properties(self) -> dict[str, Any]:
         props = super().library_properties()
