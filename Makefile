@@ -25,8 +25,8 @@ unit: $(STAMP)
 	$(BIN)/pytest
 
 bench: $(STAMP)
-	$(BIN)/python bench/span_cost.py
-	$(BIN)/python bench/import_cost.py
+	$(BIN)/python bench/span_cost.py --write
+	$(BIN)/python bench/import_cost.py --write
 
 lock:
 	rm -rf /tmp/posthog-lambda-lock && $(PYTHON) -m venv /tmp/posthog-lambda-lock

@@ -62,17 +62,13 @@ def _start(start: Start, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Span 
 
 
 def _succeed(span: Span, output: Any) -> None:
-    """Record the output, then leave the span as a ``with`` block would."""
+    """Record the output, then end the span as leaving a ``with`` block would."""
     try:
         if output is not MISSING:
             span.set_output(output)
     except Exception:
         logger.exception("recording the output of %r failed", span.name)
-    span.__exit__(None, None, None)
-
-
-def _fail(span: Span, error: BaseException) -> None:
-    span.__exit__(type(error), error, error.__traceback__)
+    span.end()
 
 
 def _detach(span: Span) -> Span:
@@ -117,7 +113,7 @@ def _wrap_sync(func: Callable[..., Any], start: Start) -> Callable[..., Any]:
         try:
             result = func(*args, **kwargs)
         except BaseException as error:
-            _fail(span, error)
+            span.end(error)
             raise
         _succeed(span, result)
         return result
@@ -134,7 +130,7 @@ def _wrap_coroutine(func: Callable[..., Any], start: Start) -> Callable[..., Any
         try:
             result = await func(*args, **kwargs)
         except BaseException as error:
-            _fail(span, error)
+            span.end(error)
             raise
         _succeed(span, result)
         return result
@@ -151,7 +147,7 @@ def _wrap_generator(func: Callable[..., Generator[Any, Any, Any]], start: Start)
         try:
             inner = func(*args, **kwargs)
         except BaseException as error:
-            _fail(span, error)
+            span.end(error)
             raise
         _detach(span)
         items = _collector(span)
@@ -163,7 +159,7 @@ def _wrap_generator(func: Callable[..., Generator[Any, Any, Any]], start: Start)
                 item = method(value)
             except StopIteration as stop:
                 deactivate(token)
-                _finish(span, _joined(items))
+                _succeed(span, _joined(items))
                 return stop.value
             except BaseException as error:
                 deactivate(token)
@@ -181,7 +177,7 @@ def _wrap_generator(func: Callable[..., Generator[Any, Any, Any]], start: Start)
                     inner.close()
                 finally:
                     deactivate(token)
-                _finish(span, _joined(items))
+                _succeed(span, _joined(items))
                 raise
             except BaseException as thrown:
                 method, value = inner.throw, thrown
@@ -200,7 +196,7 @@ def _wrap_async_generator(func: Callable[..., AsyncGenerator[Any, Any]], start: 
         try:
             inner = func(*args, **kwargs)
         except BaseException as error:
-            _fail(span, error)
+            span.end(error)
             raise
         _detach(span)
         items = _collector(span)
@@ -212,7 +208,7 @@ def _wrap_async_generator(func: Callable[..., AsyncGenerator[Any, Any]], start: 
                 item = await method(value)
             except StopAsyncIteration:
                 deactivate(token)
-                _finish(span, _joined(items))
+                _succeed(span, _joined(items))
                 return
             except BaseException as error:
                 deactivate(token)
@@ -230,19 +226,9 @@ def _wrap_async_generator(func: Callable[..., AsyncGenerator[Any, Any]], start: 
                     await inner.aclose()
                 finally:
                     deactivate(token)
-                _finish(span, _joined(items))
+                _succeed(span, _joined(items))
                 raise
             except BaseException as thrown:
                 method, value = inner.athrow, thrown
 
     return traced
-
-
-def _finish(span: Span, output: Any) -> None:
-    """Record a generator's output and end its (already detached) span."""
-    try:
-        if output is not MISSING:
-            span.set_output(output)
-    except Exception:
-        logger.exception("recording the output of %r failed", span.name)
-    span.end()

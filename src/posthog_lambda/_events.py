@@ -1,4 +1,6 @@
-"""Assemble one PostHog event from a span or a raw event: precedence, privacy, size.
+"""Assemble one PostHog event from a span or a raw event: precedence and privacy.
+
+Size limits are applied when the event is serialized (``_wire``).
 
 Precedence, lowest first: the trace's shared properties (decorator ``properties``, Lambda
 request id), the span's own custom properties, then what the library sets. A user's property
@@ -10,7 +12,6 @@ from __future__ import annotations
 import time
 
 from . import _ids
-from ._size import fit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,12 +46,14 @@ def assemble(
     user: dict[str, Any] | None,
     wall: float,
 ) -> Event:
-    props: dict[str, Any] = dict(trace.common) if trace.common else {}
+    # ``library`` is a fresh dict made for this event, so it can be the result itself.
+    common = trace.common
     if user:
-        props.update(user)
-    for key, value in library.items():
-        if value is not None:
-            props[key] = value
+        props = {**common, **user, **library} if common else {**user, **library}
+    elif common:
+        props = {**common, **library}
+    else:
+        props = library
     if trace.groups:
         props["$groups"] = trace.groups
     if trace.anonymous:
@@ -61,7 +64,7 @@ def assemble(
     return {
         "event": kind,
         "distinct_id": trace.distinct_id,
-        "properties": fit(props, trace.config.limit_for(kind)),
+        "properties": props,
         "uuid": _ids.uuid7(int(wall * 1000)),
         "timestamp": iso(wall),
     }

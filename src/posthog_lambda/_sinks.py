@@ -4,6 +4,8 @@ A sink is any object with ``send(events)``. It receives each trace's events when
 ends (the handler returned or raised, or an outermost span outside a handler ended), and
 every event it receives has its uuid already, so resending never duplicates in PostHog.
 ``send`` should not block for long and may raise: the library catches, counts and logs.
+Events reach a sink already within their endpoint's size limit, unless the sink says
+``fits_events = True``: then it serializes them with ``_wire.encode``, which cuts them.
 
 Which sink is used, first match wins: a ``testing.capture_events()`` block, the one given to
 ``configure(sink=...)``, then the direct posthog-python sink when POSTHOG_API_KEY is set,
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
 class MemorySink:
     """Keeps events in a list, each round-tripped through strict JSON as PostHog would see it."""
 
+    fits_events = True  # its serialization applies the size limits
+
     def __init__(self) -> None:
         self.events: list[Event] = []
         self._lock = allocate_lock()
@@ -35,7 +39,9 @@ class MemorySink:
     def send(self, events: Sequence[Event]) -> None:
         import json
 
-        wire = [json.loads(json.dumps(e, allow_nan=False)) for e in events]
+        from ._wire import encode
+
+        wire = [json.loads(encode(e)) for e in events]
         with self._lock:
             self.events.extend(wire)
 
@@ -92,6 +98,11 @@ def deliver(events: list[Event]) -> None:
     if not events:
         return
     try:
-        current_sink().send(events)
+        sink = current_sink()
+        if not getattr(sink, "fits_events", False):
+            from ._wire import fitted
+
+            events = [fitted(e) for e in events]
+        sink.send(events)
     except Exception as exc:
         record_drop("sink_error", len(events), f"{type(exc).__name__}: {exc}")

@@ -68,3 +68,26 @@ def test_api_key_never_appears_in_output() -> None:
     assert key not in out.stderr
     assert "phc_****y123" in out.stderr
     assert "pip install 'posthog-lambda[posthog]'" in out.stderr
+
+
+def test_import_leaves_the_expensive_standard_modules_unloaded() -> None:
+    """What keeps ``import posthog_lambda`` within a few milliseconds of a bare interpreter
+    (BENCHMARKS.md has the figure): these load on first use, not at import."""
+    code = (
+        "import sys\n"
+        "import posthog_lambda\n"
+        "heavy = ['typing', 'logging', 'json', 'inspect', 'dataclasses', 'concurrent.futures',\n"
+        "         'threading', 'functools', 'random', 'datetime', 'decimal', 'uuid', 'pathlib']\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+    )
+    assert run(code).stdout.strip() == "[]"
+
+
+def test_lazy_public_names_resolve() -> None:
+    code = (
+        "import posthog_lambda as pl\n"
+        "from posthog_lambda._sinks import MemorySink\n"
+        "print(isinstance(MemorySink(), pl.Sink), pl.ContextExecutor.__name__, pl.Event.__name__)\n"
+        "print(sorted(set(pl.__all__) - set(dir(pl))))\n"
+    )
+    assert run(code).stdout.split("\n")[:2] == ["True ContextExecutor Event", "[]"]

@@ -111,3 +111,18 @@ def test_small_events_are_returned_as_is() -> None:
 def test_json_size_counts_utf8_bytes() -> None:
     assert json_size("é") == len('"é"'.encode())
     assert json_size({"a": "\n"}) == len('{"a":"\\n"}')
+
+
+def test_a_custom_sink_receives_events_already_within_the_limit() -> None:
+    received: list[Any] = []
+
+    class Collect:
+        def send(self, events: Any) -> None:
+            received.extend(events)
+
+    configure(sink=Collect())
+    with span("big", input="z" * 2_000_000):
+        pass
+    [event] = received
+    assert size_of(event) <= BATCH_EVENT_LIMIT
+    assert event["properties"][TRUNCATED_PROPERTY] == ["$ai_input_state"]

@@ -404,3 +404,61 @@ def test_span_ending_after_its_trace_was_flushed_is_sent_alone(events: list[Any]
     late = one(events, "$ai_span", "slow")["properties"]
     assert late["$ai_trace_id"] == one(events, "$ai_trace")["properties"]["$ai_trace_id"]
     assert trace_tree_problems(events) == []
+
+
+def test_end_inside_the_block_ends_the_span_and_restores_the_current_one(events: list[Any]) -> None:
+    with span("outer") as outer:
+        with span("inner") as inner:
+            inner.end()
+            assert current_span() is outer
+            assert not inner.is_recording()
+            inner.update(output="ignored")
+        assert current_span() is outer
+    assert "$ai_output_state" not in one(events, "$ai_span", "inner")["properties"]
+    assert len(events) == 2
+
+
+def test_a_span_object_used_twice_in_a_row_records_two_spans(events: list[Any]) -> None:
+    step = span("step", input="q")
+    with step as first:
+        pass
+    with step as second:
+        pass
+    assert first is step
+    assert second is not step
+    steps = by_kind(events, "$ai_span")
+    assert len(steps) == 2
+    assert all(e["properties"]["$ai_input_state"] == "q" for e in steps)
+
+
+def test_decorating_a_partial_of_an_async_function(events: list[Any]) -> None:
+    import functools
+
+    async def fetch(base: str, path: str) -> str:
+        return base + path
+
+    traced = span("fetch")(functools.partial(fetch, "https://x"))
+    assert asyncio.run(traced("/y")) == "https://x/y"
+    assert one(events, "$ai_span")["properties"]["$ai_output_state"] == "https://x/y"
+
+
+def test_static_and_class_methods(events: list[Any]) -> None:
+    class Tools:
+        @staticmethod
+        @span
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        @classmethod
+        @span
+        def name(cls) -> str:
+            return cls.__name__
+
+    assert Tools.add(1, 2) == 3
+    assert Tools.name() == "Tools"
+    add = one(events, "$ai_span", Tools.add.__qualname__)["properties"]
+    assert add["$ai_input_state"] == {"a": 1, "b": 2}
+    assert (
+        one(events, "$ai_span", "test_static_and_class_methods.<locals>.Tools.name")["properties"]["$ai_output_state"]
+        == "Tools"
+    )
