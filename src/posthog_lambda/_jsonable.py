@@ -61,13 +61,11 @@ _normalized: dict[str, str] = {}
 """The same few keys (role, content, headers...) come back all the time: remember them."""
 
 
-def _is_secret(key: str, redact: frozenset[str]) -> bool:
-    normal = _normalized.get(key)
-    if normal is None:
-        normal = normalize_key(key)
-        if len(_normalized) < 4096:
-            _normalized[key] = normal
-    return normal in redact
+def _normalize(key: str) -> str:
+    normal = normalize_key(key)
+    if len(_normalized) < 4096:
+        _normalized[key] = normal
+    return normal
 
 
 SCALARS = frozenset({str, int, bool, type(None)})
@@ -122,7 +120,7 @@ def _convert_unsafe(value: Any, redact: frozenset[str], depth: int, active: set[
     if kind is list or kind is tuple:
         active.add(marker)
         try:
-            return [_convert(item, redact, depth + 1, active) for item in value]
+            return [item if type(item) in SCALARS else _convert(item, redact, depth + 1, active) for item in value]
         finally:
             active.discard(marker)
     if kind is dict or isinstance(value, Mapping):
@@ -131,8 +129,10 @@ def _convert_unsafe(value: Any, redact: frozenset[str], depth: int, active: set[
             out: dict[str, Any] = {}
             for key, item in value.items():
                 name = key if type(key) is str else _key(key)
-                if redact and _is_secret(name, redact):
+                if redact and (_normalized.get(name) or _normalize(name)) in redact:
                     out[name] = REDACTED
+                elif type(item) in SCALARS:
+                    out[name] = item
                 else:
                     out[name] = _convert(item, redact, depth + 1, active)
             return out

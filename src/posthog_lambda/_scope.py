@@ -149,15 +149,8 @@ def generation(
     """A ``$ai_generation`` (one LLM call); ``g.chunk(delta)`` per streamed chunk,
     ``g.update(output=..., input_tokens=..., ...)`` when the response is in."""
     if name is None or type(name) is str:
-        fields = _given(
-            model=model,
-            provider=provider,
-            model_parameters=model_parameters,
-            tools=tools,
-            base_url=base_url,
-            properties=properties,
-        )
-        return Generation(name, input, fields, capture_input)
+        fields = _given(model_parameters=model_parameters, tools=tools, properties=properties)
+        return Generation(name, input, fields, capture_input).describe(model, provider, base_url)
     return _bare(Generation, name)
 
 
@@ -185,5 +178,6 @@ def embedding(
 ) -> Any:
     """A ``$ai_embedding``; ``input`` is the text or list of texts embedded."""
     if name is None or type(name) is str:
-        return Embedding(name, input, _given(model=model, provider=provider, properties=properties), capture_input)
+        fields = {"properties": properties} if properties else None
+        return Embedding(name, input, fields, capture_input).describe(model, provider, None)
     return _bare(Embedding, name)

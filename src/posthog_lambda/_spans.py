@@ -320,12 +320,14 @@ class Span:
         from ._decorate import arguments, instrument
 
         label = self._label or str(getattr(func, "__qualname__", None) or getattr(func, "__name__", self.name))
-        kind, given, pending = type(self), self._input, self._pending
-        record_arguments = given is MISSING and (pending is None or pending[1] is not False)
+        make, pending = self._copy, self._pending
+        record_arguments = self._input is MISSING and (pending is None or pending[1] is not False)
 
         def start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Span:
-            span = kind(label, arguments(func, args, kwargs) if record_arguments else given)
-            span._pending = pending
+            span = make()
+            span.name = label
+            if record_arguments:
+                span._input = arguments(func, args, kwargs)
             return span.__enter__()
 
         return instrument(func, start)
@@ -487,7 +489,7 @@ class Generation(Span):
 
     kind: ClassVar[str] = "$ai_generation"
     default_name: ClassVar[str] = "generation"
-    __slots__ = ("_chunks", "_fields", "_first_token")
+    __slots__ = ("_chunks", "_fields", "_first_token", "_known")
 
     def __init__(
         self,
@@ -498,8 +500,32 @@ class Generation(Span):
     ) -> None:
         super().__init__(name, input, fields, capture_input)
         self._fields: dict[str, Any] | None = None
+        self._known: dict[str, Any] | None = None
+        """Model, provider, URL given to generation(): copied into the fields of each run."""
         self._first_token: float | None = None
         self._chunks: list[str] | None = None
+
+    def describe(self, model: str | None, provider: str | None, base_url: str | None) -> Self:
+        """Set what generation() was told about the call: plain text, so it is set now rather
+        than through update() when the generation starts."""
+        known = {}
+        if model is not None:
+            known["$ai_model"] = str(model)
+        if provider is not None:
+            known["$ai_provider"] = str(provider)
+        if base_url is not None:
+            known["$ai_base_url"] = str(base_url)
+        if known:
+            self._known = known
+            self._fields = dict(known)
+        return self
+
+    def _copy(self) -> Self:
+        fresh = super()._copy()
+        if self._known:
+            fresh._known = self._known
+            fresh._fields = dict(self._known)
+        return fresh
 
     def _set(self, prop: str, value: Any) -> None:
         if value is None:
