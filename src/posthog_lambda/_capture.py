@@ -5,7 +5,7 @@ from __future__ import annotations
 from ._config import get_config
 from ._context import current
 from ._jsonable import to_jsonable
-from ._log import logger
+from ._log import logger, record_drop
 from ._sinks import deliver
 from ._spans import RawEvent, Trace
 
@@ -22,7 +22,7 @@ def _emit(
     if not config.enabled:
         return
     if not isinstance(trace_id, str) or not trace_id:
-        logger.warning("%s needs the trace id it is about; got %r, not sent", kind, trace_id)
+        record_drop("invalid_trace_id", 1, f"{kind} needs the trace id it is about, got {trace_id!r:.80}")
         return
     running = current.get()
     if running is not None and not running.trace.closed:

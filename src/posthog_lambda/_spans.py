@@ -440,8 +440,12 @@ class Span:
 
 
 def describe_error(error: BaseException | str) -> str:
+    """``Type: message`` for an exception (its own __str__ may raise: then the type alone)."""
     if isinstance(error, BaseException):
-        message = str(error)
+        try:
+            message = str(error)
+        except Exception:
+            message = ""
         return f"{type(error).__name__}: {message}" if message else type(error).__name__
     return str(error)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from posthog_lambda import capture_feedback, capture_metric, current_span, posthog_traced
+from posthog_lambda import capture_feedback, capture_metric, current_span, dropped_counts, posthog_traced
 from tests.helpers import by_kind, one
 
 
@@ -50,8 +50,10 @@ def test_explicit_distinct_id_wins(events: list[Any]) -> None:
 
 
 @pytest.mark.parametrize("bad", ["", None, 12])
-def test_feedback_without_a_trace_id_is_refused_not_raised(events: list[Any], bad: Any) -> None:
+def test_feedback_without_a_trace_id_is_refused_counted_not_raised(events: list[Any], bad: Any) -> None:
+    before = dropped_counts().get("invalid_trace_id", 0)
     capture_feedback(bad, "text")
     capture_metric(bad, "m", 1)
     assert by_kind(events, "$ai_feedback") == []
     assert by_kind(events, "$ai_metric") == []
+    assert dropped_counts()["invalid_trace_id"] - before == 2

@@ -343,3 +343,20 @@ def test_module_level_handler_in_a_fresh_interpreter_has_no_state(tmp_path: Any)
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONPATH": "src"}
     )
     assert out.stdout.split("\n")[:2] == ["2", "[False, True]"]
+
+
+def test_an_exception_whose_str_raises_is_still_recorded(events: list[Any]) -> None:
+    class Odd(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    @posthog_traced
+    def handler(event: Any, context: Any) -> None:
+        with span("inner"):
+            raise Odd()
+
+    with pytest.raises(Odd):
+        handler({}, None)
+    assert one(events, "$ai_span", "inner")["properties"]["$ai_error"] == "Odd"
+    assert one(events, "$ai_trace")["properties"]["$ai_error"] == "Odd"
+    assert one(events, "$exception")["properties"]["$exception_list"][0]["value"] == "<str() failed>"
