@@ -36,3 +36,15 @@ def events() -> Iterator[list[Any]]:
 @pytest.fixture
 def context() -> LambdaContext:
     return LambdaContext()
+
+
+@pytest.fixture
+def library_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """The posthog_lambda logger, normally silent, opened for the test and closed after."""
+    import logging
+
+    library = logging.getLogger("posthog_lambda")
+    previous = library.level
+    library.setLevel(logging.DEBUG)
+    yield caplog
+    library.setLevel(previous)

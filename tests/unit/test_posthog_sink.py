@@ -61,7 +61,7 @@ def test_events_reach_posthog_endpoints_before_the_handler_returns(capture_serve
 
 
 def test_api_key_selects_the_posthog_sink_which_is_reused(
-    capture_server: CaptureServer, monkeypatch: pytest.MonkeyPatch
+    capture_server: CaptureServer, monkeypatch: pytest.MonkeyPatch, library_logs: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("POSTHOG_API_KEY", KEY)
     monkeypatch.setenv("POSTHOG_HOST", capture_server.url)
@@ -73,6 +73,10 @@ def test_api_key_selects_the_posthog_sink_which_is_reused(
     handler({}, None)
     handler({}, None)
     assert len(capture_server.events("/i/v0/ai/batch/")) == 2
+    # Said once, not per invocation.
+    records = library_logs.records
+    warnings = [r for r in records if r.levelname == "WARNING" and "no posthog-lambda extension" in r.message]
+    assert len(warnings) == 1
     from posthog_lambda._sinks import current_sink
 
     sink = current_sink()
