@@ -319,6 +319,8 @@ class Span:
         whose input is the call's arguments and whose output is its result."""
         from ._decorate import arguments, instrument
 
+        if not callable(func):
+            raise TypeError(f"{type(self).__name__.lower()}(...) decorates a function, not {type(func).__name__}")
         label = self._label or str(getattr(func, "__qualname__", None) or getattr(func, "__name__", self.name))
         make, pending = self._copy, self._pending
         record_arguments = self._input is MISSING and (pending is None or pending[1] is not False)

@@ -462,3 +462,10 @@ def test_static_and_class_methods(events: list[Any]) -> None:
         one(events, "$ai_span", "test_static_and_class_methods.<locals>.Tools.name")["properties"]["$ai_output_state"]
         == "Tools"
     )
+
+
+def test_decorating_something_that_is_not_a_function_is_a_clear_error() -> None:
+    with pytest.raises(TypeError, match="decorates a function, not int"):
+        span("x")(42)  # type: ignore[type-var]
+    with pytest.raises(TypeError, match="span name must be a string"):
+        span(3.5)  # type: ignore[call-overload]
