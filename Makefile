@@ -27,6 +27,7 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/span_cost.py --write
 	$(BIN)/python bench/import_cost.py --write
+	$(BIN)/python bench/emulator_latency.py --write
 
 lock:
 	rm -rf /tmp/posthog-lambda-lock && $(PYTHON) -m venv /tmp/posthog-lambda-lock

@@ -10,16 +10,19 @@ import pytest
 from posthog_lambda import configure, generation, posthog_traced, span
 from posthog_lambda._posthog_sink import PostHogSink
 from posthog_lambda._sinks import MemorySink
-from tests.helpers import CaptureServer
+from posthog_lambda.local import CaptureServer
 
 KEY = "phc_test_project_key"
 
 
 @pytest.fixture
 def capture_server() -> Iterator[CaptureServer]:
-    server = CaptureServer()
-    yield server
-    server.close()
+    with CaptureServer(api_key=KEY) as server:
+        yield server
+
+
+def received(server: CaptureServer, path: str) -> list[dict[str, Any]]:
+    return [e.event for e in server.events if e.path == path]
 
 
 class Tee:
@@ -45,15 +48,16 @@ def test_events_reach_posthog_endpoints_before_the_handler_returns(capture_serve
         handler({"q": "hi"}, None)
 
     # Already delivered when the handler returned: no background flush is relied on.
-    ai = capture_server.events("/i/v0/ai/batch/")
-    plain = capture_server.events("/batch/")
+    ai = received(capture_server, "/i/v0/ai/batch/")
+    plain = received(capture_server, "/batch/")
     assert sorted(e["event"] for e in ai) == ["$ai_generation", "$ai_span", "$ai_trace"]
     assert [e["event"] for e in plain] == ["$exception"]
-    assert all(r["body"]["api_key"] == KEY for r in capture_server.requests)
-    received = {e["uuid"]: e for e in ai + plain}
-    assert set(received) == {e["uuid"] for e in memory.events}
+    # The server checks the key (401 otherwise) and PostHog's other rules (400, 413).
+    assert [r.status for r in capture_server.requests] == [200, 200]
+    by_uuid = {e["uuid"]: e for e in ai + plain}
+    assert set(by_uuid) == {e["uuid"] for e in memory.events}
     for event in memory.events:
-        got = received[event["uuid"]]
+        got = by_uuid[event["uuid"]]
         assert got["distinct_id"] == "user-1"
         assert got["timestamp"][:19] == event["timestamp"][:19]
         for key, value in event["properties"].items():
@@ -72,7 +76,7 @@ def test_api_key_selects_the_posthog_sink_which_is_reused(
 
     handler({}, None)
     handler({}, None)
-    assert len(capture_server.events("/i/v0/ai/batch/")) == 2
+    assert len(received(capture_server, "/i/v0/ai/batch/")) == 2
     # Said once, not per invocation.
     records = library_logs.records
     warnings = [r for r in records if r.levelname == "WARNING" and "no posthog-lambda extension" in r.message]

@@ -1,0 +1,46 @@
+"""Run Lambda functions, the layer and its extension locally, without Docker or AWS.
+
+``LambdaEnvironment`` is a faithful local Lambda execution environment (the real runtime
+interface client, real extension processes, the real lifecycle including freezing);
+``CaptureServer`` is a local PostHog capture endpoint. Neither is imported by
+``import posthog_lambda``: they are for development and tests. Names load on first use, so
+``python -m posthog_lambda.local.capture`` runs its module only once.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._environment import (
+        ExtensionInit,
+        ExtensionShutdown,
+        InitResult,
+        InvokeResult,
+        LambdaEnvironment,
+        ShutdownResult,
+    )
+    from ._sandbox import SandboxError
+    from .capture import CaptureServer
+
+__all__ = [
+    "CaptureServer",
+    "ExtensionInit",
+    "ExtensionShutdown",
+    "InitResult",
+    "InvokeResult",
+    "LambdaEnvironment",
+    "SandboxError",
+    "ShutdownResult",
+]
+
+_WHERE = {"CaptureServer": ".capture", "SandboxError": "._sandbox"}
+
+
+def __getattr__(name: str) -> object:
+    if name not in __all__:
+        raise AttributeError(f"module 'posthog_lambda.local' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(_WHERE.get(name, "._environment"), __name__), name)
+    globals()[name] = value
+    return value

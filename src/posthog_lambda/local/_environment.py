@@ -1,0 +1,849 @@
+"""A local Lambda execution environment: the real runtime client, real extensions, real lifecycle.
+
+One HTTP server on 127.0.0.1 serves the Runtime API (2018-06-01), the Extensions API
+(2020-01-01) and the Telemetry API (2022-07-01) to the environment's processes, and this
+module drives them through Init, Invoke and Shutdown as Lambda does (see the project's
+reference on Lambda): extensions start in parallel and must all register before the runtime
+starts; Init ends when everyone waits in ``next``; INVOKE reaches extensions before the
+runtime gets the event; the invocation ends when the runtime and every extension are back in
+``next``; then every process is frozen with SIGSTOP until the next invoke or shutdown. A
+timeout, a runtime crash or an extension that exits resets the environment (SHUTDOWN with
+reason ``timeout``/``failure``, a new Init on the next invoke).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from ._sandbox import (
+    Sandbox,
+    extension_environment,
+    python_path_for,
+    runtime_directory,
+    signal_group,
+)
+from ._telemetry import Telemetry, validate
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Callable, Mapping
+    from types import TracebackType
+    from typing import Any, Self
+
+INIT_LIMIT_S = 10.0
+SHUTDOWN_LIMIT_S = 2.0
+RUNTIME_SHUTDOWN_S = 0.3
+"""Of the shutdown budget, what the runtime gets after SIGTERM before SIGKILL."""
+ACCOUNT_ID = "123456789012"
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+@dataclass
+class ExtensionInit:
+    name: str
+    register_ms: float | None
+    """From the extension's start to its register call."""
+    first_next_ms: float | None
+    """From the extension's start to its first ``next`` call."""
+
+
+@dataclass
+class InitResult:
+    duration_ms: float
+    extensions: list[ExtensionInit]
+    error: str | None = None
+
+
+@dataclass
+class InvokeResult:
+    request_id: str
+    status: str
+    """success, error (the handler raised), timeout, failure (runtime crash, Init or extension failure)."""
+    payload: Any = None
+    """The handler's response, decoded from JSON when it is JSON."""
+    error: dict[str, Any] | None = None
+    response_latency_ms: float | None = None
+    """From the invoke to the runtime posting its response: what the caller waits."""
+    post_runtime_ms: float | None = None
+    """From the response to the last extension's ``next``: billed time the caller does not wait."""
+    duration_ms: float = 0.0
+    billed_duration_ms: int = 0
+    max_memory_used_mb: int = 0
+    init: InitResult | None = None
+    """Set when this invoke had to initialize the environment first."""
+    logs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExtensionShutdown:
+    name: str
+    exit_ms: float | None
+    """From the SHUTDOWN event to the process's exit; None if it had to be killed."""
+    killed: bool
+
+
+@dataclass
+class ShutdownResult:
+    reason: str
+    deadline_ms: float
+    extensions: list[ExtensionShutdown]
+
+
+class _Process:
+    def __init__(self, name: str, process: subprocess.Popen[bytes]) -> None:
+        self.name = name
+        self.process = process
+        self.started = time.monotonic()
+        self.exited: float | None = None
+
+
+class _Extension(_Process):
+    def __init__(self, name: str, process: subprocess.Popen[bytes]) -> None:
+        super().__init__(name, process)
+        self.id: str | None = None
+        self.events: frozenset[str] = frozenset()
+        self.registered: float | None = None
+        self.first_next: float | None = None
+        self.last_next: float | None = None
+        self.waiting = False
+        self.queue: list[dict[str, Any]] = []
+        self.delivered = 0
+        self.delivered_at = 0.0
+        self.error: str | None = None
+
+    def done_with_invoke(self) -> bool:
+        """Back in ``next`` since it was handed the last INVOKE (or never subscribed to it)."""
+        return self.waiting and ("INVOKE" not in self.events or (self.last_next or 0.0) > self.delivered_at)
+
+
+class _Runtime(_Process):
+    def __init__(self, name: str, process: subprocess.Popen[bytes]) -> None:
+        super().__init__(name, process)
+        self.waiting = False
+        self.next_at: float | None = None
+        self.queue: list[tuple[str, bytes, dict[str, str]]] = []
+        self.init_error: dict[str, Any] | None = None
+        self.request_id: str | None = None
+        self.response: bytes | None = None
+        self.error: dict[str, Any] | None = None
+        self.responded: float | None = None
+
+
+class LambdaEnvironment:
+    """A local Lambda execution environment for one function.
+
+    ``with LambdaEnvironment(function_dir, "app.handler", layer_dir=...) as env:
+    result = env.invoke({...})``. Init happens on the first invoke, as for on-demand
+    concurrency. Every process it starts is stopped when the block ends, also on errors.
+    """
+
+    def __init__(
+        self,
+        function_dir: str | Path,
+        handler: str,
+        *,
+        layer_dir: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        memory_mb: int = 128,
+        timeout_s: float = 3.0,
+        function_name: str = "local-function",
+        region: str = "us-east-1",
+        echo_logs: Callable[[str], None] | None = None,
+    ) -> None:
+        self.function_dir = Path(function_dir).resolve()
+        self.handler = handler
+        self.layer_dir = Path(layer_dir).resolve() if layer_dir is not None else None
+        self.user_env = dict(env or {})
+        self.memory_mb = memory_mb
+        self.timeout_s = timeout_s
+        self.function_name = function_name
+        self.region = region
+        self.echo_logs = echo_logs
+        self.logs: list[str] = []
+        """Every log line of every process, prefixed with where it came from."""
+        self.shutdowns: list[ShutdownResult] = []
+        self.timeline: list[tuple[float, str, str]] = []
+        """(monotonic time, who, what) for each event handed out and each freeze and thaw."""
+        self._cond = threading.Condition()
+        self._phase = "down"
+        self._runtime: _Runtime | None = None
+        self._extensions: list[_Extension] = []
+        self._running = threading.Event()
+        self._telemetry = Telemetry(self._running)
+        self._request_logs: list[str] | None = None
+        self._sandbox: Sandbox | None = None
+        self._server: ThreadingHTTPServer | None = None
+        self._server_thread: threading.Thread | None = None
+        self._frozen = False
+        self._init_started = 0.0
+        self._init_duration_ms: float | None = None
+        self._runtime_dir = Path()
+
+    # -- lifecycle of the emulator itself ------------------------------------------------
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        self._sandbox = Sandbox(self.layer_dir)
+        self._runtime_dir = runtime_directory(Path(self._sandbox.hosts_file).parent / "runtime")
+        self._server = _QuietServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self._server_thread = threading.Thread(target=self._server.serve_forever, name="lambda-api", daemon=True)
+        self._server_thread.start()
+
+    @property
+    def runtime_api(self) -> str:
+        assert self._server is not None, "start() the environment first"
+        return f"127.0.0.1:{self._server.server_address[1]}"
+
+    def close(self) -> None:
+        """Shut the environment down (SHUTDOWN, spindown) if it is up, then stop everything."""
+        try:
+            if self._phase != "down":
+                self.shutdown()
+        finally:
+            self._kill_everything()
+            if self._server is not None:
+                self._server.shutdown()
+                self._server.server_close()
+                self._server = None
+            if self._sandbox is not None:
+                self._sandbox.close()
+                self._sandbox = None
+
+    # -- environment variables -------------------------------------------------------------
+
+    def function_environment(self) -> dict[str, str]:
+        minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "LANG": "en_US.UTF-8",
+            "TZ": ":UTC",
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_LAMBDA_FUNCTION_NAME": self.function_name,
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
+            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.function_name}",
+            "AWS_LAMBDA_LOG_STREAM_NAME": time.strftime("%Y/%m/%d/[$LATEST]") + uuid.uuid4().hex,
+            "AWS_LAMBDA_RUNTIME_API": self.runtime_api,
+            "AWS_EXECUTION_ENV": f"AWS_Lambda_python{minor}",
+            "_HANDLER": self.handler,
+            "LAMBDA_TASK_ROOT": str(self.function_dir),
+            "LAMBDA_RUNTIME_DIR": str(self._runtime_dir),
+            "PYTHONPATH": python_path_for(self.function_dir, self._runtime_dir),
+        }
+        env.update(self.user_env)
+        return env
+
+    # -- Init ---------------------------------------------------------------------------------
+
+    def _extension_files(self) -> list[Path]:
+        directory = self.layer_dir / "extensions" if self.layer_dir is not None else None
+        if directory is None or not directory.is_dir():
+            return []
+        return sorted(p for p in directory.iterdir() if p.is_file() and os.access(p, os.X_OK))
+
+    def _init(self) -> InitResult:
+        assert self._sandbox is not None, "start() the environment first"
+        with self._cond:
+            self._phase = "init"
+            self._init_started = time.monotonic()
+            self._extensions = []
+            self._runtime = None
+        self._telemetry = Telemetry(self._running)
+        self._running.set()
+        function_env = self.function_environment()
+        ext_env = extension_environment(function_env)
+        deadline = self._init_started + INIT_LIMIT_S
+        for path in self._extension_files():
+            # Inside the sandbox the layer is /opt: start extensions where Lambda starts them.
+            process = self._sandbox.start([f"/opt/extensions/{path.name}"], ext_env, cwd="/")
+            extension = _Extension(path.name, process)
+            with self._cond:
+                self._extensions.append(extension)
+            self._watch(extension, f"extension {path.name}")
+        error = self._wait(lambda: all(e.registered for e in self._extensions), deadline, "extensions to register")
+        if error is None:
+            command = [sys.executable, "-S", "-m", "awslambdaric", self.handler]
+            runtime = _Runtime("runtime", self._sandbox.start(command, function_env, cwd=self.function_dir))
+            with self._cond:
+                self._runtime = runtime
+            self._watch(runtime, "function")
+            error = self._wait(
+                lambda: runtime.waiting and all(e.waiting for e in self._extensions), deadline, "Init to finish"
+            )
+        with self._cond:
+            measurements = [
+                ExtensionInit(
+                    e.name,
+                    _ms(e.registered - e.started) if e.registered else None,
+                    _ms(e.first_next - e.started) if e.first_next else None,
+                )
+                for e in self._extensions
+            ]
+            self._init_duration_ms = _ms(time.monotonic() - self._init_started)
+            if error is None:
+                self._phase = "ready"
+        return InitResult(self._init_duration_ms, measurements, error)
+
+    def _wait(self, done: Callable[[], bool], deadline: float, what: str) -> str | None:
+        """Wait under the lock for ``done``; the reason it failed, or None."""
+        with self._cond:
+            while True:
+                failure = self._failure()
+                if failure is not None:
+                    return failure
+                if done():
+                    return None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return f"timed out waiting for {what}"
+                self._cond.wait(left)
+
+    def _failure(self) -> str | None:
+        """What has gone wrong with the environment's processes, if anything (lock held)."""
+        runtime = self._runtime
+        if runtime is not None:
+            if runtime.init_error is not None:
+                return f"Runtime.InitError: {runtime.init_error.get('errorMessage', runtime.init_error)}"
+            if runtime.exited is not None:
+                return f"Runtime.ExitError: runtime exited with status {runtime.process.returncode}"
+        for extension in self._extensions:
+            if extension.error is not None:
+                return f"Extension error from {extension.name}: {extension.error}"
+            if extension.exited is not None:
+                return f"Extension.Crash: {extension.name} exited with status {extension.process.returncode}"
+        return None
+
+    # -- Invoke -------------------------------------------------------------------------------
+
+    def invoke(self, event: Any = None, *, timeout_s: float | None = None) -> InvokeResult:
+        """Invoke the function with ``event`` (JSON-serializable) and wait until the
+        invocation has ended (runtime and extensions back in ``next``)."""
+        init: InitResult | None = None
+        request_id = str(uuid.uuid4())
+        if self._phase == "down":
+            init = self._init()
+            if init.error is not None:
+                self._reset("failure")
+                return InvokeResult(
+                    request_id, "failure", error={"errorType": "InitError", "errorMessage": init.error}, init=init
+                )
+        self._thaw()
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        started = time.monotonic()
+        deadline = started + timeout
+        deadline_ms = int((time.time() + timeout) * 1000)
+        arn = f"arn:aws:lambda:{self.region}:{ACCOUNT_ID}:function:{self.function_name}"
+        trace_header = f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]};Parent={uuid.uuid4().hex[:16]};Sampled=1"
+        logs: list[str] = []
+        runtime = self._runtime
+        assert runtime is not None
+        with self._cond:
+            self._phase = "invoke"
+            self._request_logs = logs
+            runtime.request_id = request_id
+            runtime.response = None
+            runtime.error = None
+            runtime.responded = None
+            subscribed = [e for e in self._extensions if "INVOKE" in e.events]
+            expected = {id(e): e.delivered + 1 for e in subscribed}
+            for extension in subscribed:
+                extension.queue.append(
+                    {
+                        "eventType": "INVOKE",
+                        "deadlineMs": deadline_ms,
+                        "requestId": request_id,
+                        "invokedFunctionArn": arn,
+                        "tracing": {"type": "X-Amzn-Trace-Id", "value": trace_header},
+                    }
+                )
+            self._cond.notify_all()
+        # Extensions have the INVOKE event in hand before the runtime gets the invocation.
+        failure = self._wait(lambda: all(e.delivered >= expected[id(e)] for e in subscribed), deadline, "INVOKE")
+        self._telemetry.emit("platform.start", {"requestId": request_id, "version": "$LATEST"})
+        headers = {
+            "Lambda-Runtime-Aws-Request-Id": request_id,
+            "Lambda-Runtime-Deadline-Ms": str(deadline_ms),
+            "Lambda-Runtime-Invoked-Function-Arn": arn,
+            "Lambda-Runtime-Trace-Id": trace_header,
+        }
+        with self._cond:
+            runtime.queue.append((request_id, json.dumps(event).encode(), headers))
+            self._cond.notify_all()
+        result = InvokeResult(request_id, "success", init=init, logs=logs)
+        if failure is None:
+            failure = self._wait(lambda: runtime.responded is not None, deadline, "the response")
+        if failure is not None:
+            return self._fail(result, failure, started, timeout)
+        assert runtime.responded is not None
+        result.response_latency_ms = _ms(runtime.responded - started)
+        if runtime.error is not None:
+            result.status = "error"
+            result.error = runtime.error
+        else:
+            result.payload = _decode(runtime.response or b"")
+        failure = self._wait(lambda: runtime.waiting, deadline, "the runtime to finish")
+        if failure is not None:
+            return self._fail(result, failure, started, timeout)
+        runtime_ms = _ms((runtime.next_at or time.monotonic()) - started)
+        self._telemetry.emit(
+            "platform.runtimeDone",
+            {"requestId": request_id, "status": result.status, "metrics": {"durationMs": runtime_ms}},
+        )
+        failure = self._wait(lambda: all(e.done_with_invoke() for e in self._extensions), deadline, "extensions")
+        if failure is not None:
+            return self._fail(result, failure, started, timeout)
+        ended = max([runtime.next_at or 0.0, *(e.last_next or 0.0 for e in self._extensions)])
+        result.post_runtime_ms = _ms(max(0.0, ended - runtime.responded))
+        result.duration_ms = _ms(ended - started)
+        result.billed_duration_ms = math.ceil(result.duration_ms)
+        result.max_memory_used_mb = self._max_memory_mb()
+        with self._cond:
+            self._phase = "ready"
+            self._request_logs = None
+        self._freeze()
+        report: dict[str, Any] = {
+            "durationMs": result.duration_ms,
+            "billedDurationMs": result.billed_duration_ms,
+            "memorySizeMB": self.memory_mb,
+            "maxMemoryUsedMB": result.max_memory_used_mb,
+        }
+        if init is not None:
+            report["initDurationMs"] = init.duration_ms
+        # Produced once every extension is done: it waits for the thaw, as on AWS.
+        self._telemetry.emit("platform.report", {"requestId": request_id, "status": result.status, "metrics": report})
+        return result
+
+    def _fail(self, result: InvokeResult, failure: str, started: float, timeout: float) -> InvokeResult:
+        timed_out = failure.startswith("timed out")
+        result.status = "timeout" if timed_out else "failure"
+        if timed_out:
+            message = f"Task timed out after {timeout:.2f} seconds"
+            result.error = {"errorType": "Sandbox.Timedout", "errorMessage": message}
+        else:
+            result.error = {"errorType": failure.split(":")[0], "errorMessage": failure}
+        result.duration_ms = _ms(time.monotonic() - started)
+        result.billed_duration_ms = math.ceil(result.duration_ms)
+        self._telemetry.emit(
+            "platform.runtimeDone",
+            {"requestId": result.request_id, "status": result.status, "metrics": {"durationMs": result.duration_ms}},
+        )
+        self._reset(result.status)
+        return result
+
+    def _max_memory_mb(self) -> int:
+        total_kb = 0
+        processes = [p for p in [self._runtime, *self._extensions] if p is not None]
+        for process in processes:
+            try:
+                status = Path(f"/proc/{process.process.pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    total_kb += int(line.split()[1])
+        return math.ceil(total_kb / 1024)
+
+    # -- freezing -----------------------------------------------------------------------------
+
+    def _processes(self) -> list[_Process]:
+        with self._cond:
+            return [p for p in [self._runtime, *self._extensions] if p is not None and p.exited is None]
+
+    def _freeze(self) -> None:
+        self._running.clear()
+        self._telemetry.quiesce()
+        for process in self._processes():
+            signal_group(process.process, signal.SIGSTOP)
+        self._frozen = True
+        self.note("environment", "frozen")
+
+    def _thaw(self) -> None:
+        if self._frozen:
+            for process in self._processes():
+                signal_group(process.process, signal.SIGCONT)
+            self._frozen = False
+            self.note("environment", "thawed")
+        self._running.set()
+
+    def idle(self, seconds: float) -> None:
+        """Let time pass between invocations, with the environment frozen as on AWS."""
+        time.sleep(seconds)
+
+    # -- Shutdown -----------------------------------------------------------------------------
+
+    def shutdown(self, reason: str = "spindown") -> ShutdownResult:
+        """Send SHUTDOWN, give the environment its 2,000 ms, then kill what is left."""
+        self._thaw()
+        # Records produced while frozen (the last report) are long due: let them arrive first.
+        self._telemetry.drain(timeout=0.5)
+        started = time.monotonic()
+        deadline = started + SHUTDOWN_LIMIT_S
+        deadline_ms = int((time.time() + SHUTDOWN_LIMIT_S) * 1000)
+        with self._cond:
+            self._phase = "shutdown"
+            for extension in self._extensions:
+                if "SHUTDOWN" in extension.events and extension.exited is None:
+                    extension.queue.append(
+                        {"eventType": "SHUTDOWN", "shutdownReason": reason, "deadlineMs": deadline_ms}
+                    )
+            self._cond.notify_all()
+            runtime = self._runtime
+            registered = any(e.id for e in self._extensions)
+        if runtime is not None and runtime.exited is None:
+            # With extensions registered the runtime gets SIGTERM and a moment; without, SIGKILL.
+            signal_group(runtime.process, signal.SIGTERM if registered else signal.SIGKILL)
+            self._wait_exit(runtime, min(deadline, time.monotonic() + RUNTIME_SHUTDOWN_S))
+            if runtime.exited is None:
+                signal_group(runtime.process, signal.SIGKILL)
+        for extension in self._extensions:
+            # Only those told about the shutdown can act on it; the rest are killed at once.
+            if "SHUTDOWN" in extension.events:
+                self._wait_exit(extension, deadline)
+        measurements = []
+        for extension in self._extensions:
+            killed = extension.exited is None
+            if killed:
+                signal_group(extension.process, signal.SIGKILL)
+            exit_ms = None if killed or extension.exited is None else _ms(max(0.0, extension.exited - started))
+            measurements.append(ExtensionShutdown(extension.name, exit_ms, killed))
+        self._kill_everything()
+        result = ShutdownResult(reason, _ms(SHUTDOWN_LIMIT_S), measurements)
+        self.shutdowns.append(result)
+        return result
+
+    def _wait_exit(self, process: _Process, deadline: float) -> None:
+        with self._cond:
+            while process.exited is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(left)
+
+    def _reset(self, reason: str) -> None:
+        """Timeout, crash, failed Init: shut the environment down; the next invoke re-inits."""
+        self.shutdown(reason)
+
+    def _kill_everything(self) -> None:
+        with self._cond:
+            processes = [p for p in [self._runtime, *self._extensions] if p is not None]
+            self._phase = "down"
+            for extension in self._extensions:
+                extension.queue.append({"eventType": "_GONE"})
+            if self._runtime is not None:
+                self._runtime.queue.append(("", b"", {}))
+            self._cond.notify_all()
+        for process in processes:
+            signal_group(process.process, signal.SIGCONT)
+            signal_group(process.process, signal.SIGKILL)
+        for process in processes:
+            with contextlib.suppress(Exception):
+                process.process.wait(timeout=5)
+        self._telemetry.close()
+        self._running.set()
+        self._frozen = False
+
+    # -- process output and exits -------------------------------------------------------------
+
+    def _watch(self, process: _Process, source: str) -> None:
+        kind = "function" if isinstance(process, _Runtime) else "extension"
+
+        def read() -> None:
+            stream = process.process.stdout
+            assert stream is not None
+            for raw in iter(stream.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                self._log(source, kind, line)
+            stream.close()
+            code = process.process.wait()
+            with self._cond:
+                process.exited = time.monotonic()
+                self._cond.notify_all()
+            self._log(source, kind, f"(exited with status {code})", emit=False)
+
+        threading.Thread(target=read, name=f"output-{source}", daemon=True).start()
+
+    def _log(self, source: str, kind: str, line: str, emit: bool = True) -> None:
+        text = f"[{source}] {line}"
+        with self._cond:
+            self.logs.append(text)
+            if self._request_logs is not None and kind == "function":
+                self._request_logs.append(line)
+        if emit:
+            self._telemetry.emit(kind, line)
+        if self.echo_logs is not None:
+            self.echo_logs(text)
+
+    # -- API handlers (called from the HTTP server's threads) ----------------------------------
+
+    def _register(self, name: str, body: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
+        with self._cond:
+            if self._phase != "init":
+                return 403, _err("Extension.RegistrationNotAllowed", "extensions register during Init only"), {}
+            candidates = [e for e in self._extensions if e.name == name and e.id is None]
+            if not candidates:
+                message = f"no extension named {name!r} in /opt/extensions is waiting to register"
+                return 403, _err("Extension.InvalidExtensionName", message), {}
+            events = body.get("events") if isinstance(body, dict) else None
+            if not isinstance(events, list) or not set(events) <= {"INVOKE", "SHUTDOWN"}:
+                return 400, _err("InvalidRequest", "events must be a list of INVOKE and SHUTDOWN"), {}
+            extension = candidates[0]
+            extension.id = str(uuid.uuid4())
+            extension.events = frozenset(events)
+            extension.registered = time.monotonic()
+            self._cond.notify_all()
+            identity = {"Lambda-Extension-Identifier": extension.id}
+        payload = {
+            "functionName": self.function_name,
+            "functionVersion": "$LATEST",
+            "handler": self.handler,
+            "accountId": ACCOUNT_ID,
+        }
+        return 200, payload, identity
+
+    def _extension(self, identifier: str | None) -> _Extension | None:
+        return next((e for e in self._extensions if identifier and e.id == identifier), None)
+
+    def _extension_next(self, identifier: str | None) -> dict[str, Any] | None:
+        with self._cond:
+            extension = self._extension(identifier)
+            if extension is None:
+                return None
+            now = time.monotonic()
+            extension.waiting = True
+            extension.last_next = now
+            if extension.first_next is None:
+                extension.first_next = now
+            self._cond.notify_all()
+            while not extension.queue:
+                self._cond.wait()
+            event = extension.queue.pop(0)
+            extension.waiting = False
+            return event
+
+    def note(self, who: str, what: str) -> None:
+        with self._cond:
+            self.timeline.append((time.monotonic(), who, what))
+
+    def _delivered(self, identifier: str | None, event: dict[str, Any]) -> None:
+        with self._cond:
+            extension = self._extension(identifier)
+            if extension is not None:
+                self.timeline.append(
+                    (time.monotonic(), extension.name, f"{event['eventType']} {event.get('requestId', '')}".strip())
+                )
+                extension.delivered += 1
+                extension.delivered_at = time.monotonic()
+                self._cond.notify_all()
+
+    def _extension_error(self, identifier: str | None, kind: str, error_type: str, body: bytes) -> bool:
+        with self._cond:
+            extension = self._extension(identifier)
+            if extension is None:
+                return False
+            extension.error = f"{kind} {error_type}: {body.decode('utf-8', 'replace')[:500]}"
+            self._cond.notify_all()
+            return True
+
+    def _subscribe(self, identifier: str | None, body: Any) -> tuple[int, dict[str, Any] | str]:
+        with self._cond:
+            extension = self._extension(identifier)
+            if extension is None:
+                return 403, _err("Extension.InvalidExtensionIdentifier", "register first")
+            if self._phase != "init":
+                return 400, _err("ValidationError", "Telemetry API subscriptions are accepted during Init only")
+        problem = validate(body)
+        if problem is not None:
+            return 400, _err("ValidationError", problem)
+        self._telemetry.subscribe(extension.name, body)
+        return 200, "OK"
+
+    def _runtime_next(self) -> tuple[bytes, dict[str, str]]:
+        with self._cond:
+            runtime = self._runtime
+            if runtime is None:
+                return b"", {}
+            runtime.waiting = True
+            runtime.next_at = time.monotonic()
+            self._cond.notify_all()
+            while not runtime.queue:
+                self._cond.wait()
+            _, body, headers = runtime.queue.pop(0)
+            runtime.waiting = False
+            return body, headers
+
+    def _runtime_result(self, request_id: str, body: bytes, error_type: str | None) -> bool:
+        with self._cond:
+            runtime = self._runtime
+            if runtime is None or runtime.request_id != request_id or runtime.responded is not None:
+                return False
+            runtime.responded = time.monotonic()
+            if error_type is None:
+                runtime.response = body
+            else:
+                decoded = _decode(body)
+                runtime.error = decoded if isinstance(decoded, dict) else {"errorMessage": str(decoded)}
+                runtime.error.setdefault("errorType", error_type)
+            self._cond.notify_all()
+            return True
+
+    def _runtime_init_error(self, body: bytes, error_type: str) -> None:
+        with self._cond:
+            if self._runtime is not None:
+                decoded = _decode(body)
+                error = decoded if isinstance(decoded, dict) else {"errorMessage": str(decoded)}
+                error.setdefault("errorType", error_type)
+                self._runtime.init_error = error
+                self._cond.notify_all()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A process killed mid-request (timeout, reset, shutdown) is part of the lifecycle.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
+def _err(error_type: str, message: str) -> dict[str, Any]:
+    return {"errorType": error_type, "errorMessage": message}
+
+
+def _decode(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace")
+
+
+def _handler_for(env: LambdaEnvironment) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            # Headers and body go out in separate writes: without this, Nagle's algorithm and
+            # delayed ACKs add ~40 ms to every exchange with the runtime client.
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _body(self) -> bytes:
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+
+        def _send(self, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> None:
+            if isinstance(payload, bytes):
+                body = payload
+            elif isinstance(payload, str):
+                body = payload.encode()
+            else:
+                body = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+            self.wfile.flush()
+
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0]
+            if path == "/2020-01-01/extension/event/next":
+                identifier = self.headers.get("Lambda-Extension-Identifier")
+                event = env._extension_next(identifier)
+                if event is None:
+                    self._send(403, _err("Extension.InvalidExtensionIdentifier", "unknown extension id"))
+                elif event.get("eventType") == "_GONE":
+                    self.close_connection = True
+                    self._send(500, _err("Environment.Gone", "the environment was shut down"))
+                else:
+                    self._send(200, event, {"Lambda-Extension-Event-Identifier": str(uuid.uuid4())})
+                    env._delivered(identifier, event)
+            elif path == "/2018-06-01/runtime/invocation/next":
+                body, headers = env._runtime_next()
+                if not headers:
+                    self.close_connection = True
+                    self._send(500, _err("Environment.Gone", "the environment was shut down"))
+                else:
+                    self._send(200, body, headers)
+                    env.note("runtime", f"invocation {headers['Lambda-Runtime-Aws-Request-Id']}")
+            else:
+                self._send(404, _err("NotFound", f"no GET {path}"))
+
+        def do_POST(self) -> None:
+            path = self.path.split("?")[0]
+            body = self._body()
+            parts = path.strip("/").split("/")
+            if path == "/2020-01-01/extension/register":
+                status, payload, headers = env._register(self.headers.get("Lambda-Extension-Name", ""), _decode(body))
+                self._send(status, payload, headers)
+            elif path in ("/2020-01-01/extension/init/error", "/2020-01-01/extension/exit/error"):
+                kind = parts[2]
+                error_type = self.headers.get("Lambda-Extension-Function-Error-Type", "Unknown")
+                identifier = self.headers.get("Lambda-Extension-Identifier")
+                if env._extension_error(identifier, kind, error_type, body):
+                    self._send(202, {"status": "OK"})
+                else:
+                    self._send(403, _err("Extension.InvalidExtensionIdentifier", "unknown extension id"))
+            elif (
+                len(parts) == 5
+                and parts[:3] == ["2018-06-01", "runtime", "invocation"]
+                and parts[4]
+                in (
+                    "response",
+                    "error",
+                )
+            ):
+                error_type = None
+                if parts[4] == "error":
+                    error_type = self.headers.get("Lambda-Runtime-Function-Error-Type", "Unhandled")
+                if env._runtime_result(parts[3], body, error_type):
+                    self._send(202, {"status": "OK"})
+                else:
+                    self._send(400, _err("InvalidRequestID", f"no invocation {parts[3]} waiting for a result"))
+            elif path == "/2018-06-01/runtime/init/error":
+                env._runtime_init_error(body, self.headers.get("Lambda-Runtime-Function-Error-Type", "Unknown"))
+                self._send(202, {"status": "OK"})
+            else:
+                self._send(404, _err("NotFound", f"no POST {path}"))
+
+        def do_PUT(self) -> None:
+            path = self.path.split("?")[0]
+            body = self._body()
+            if path in ("/2022-07-01/telemetry", "/2020-08-15/logs"):
+                status, payload = env._subscribe(self.headers.get("Lambda-Extension-Identifier"), _decode(body))
+                self._send(status, payload)
+            else:
+                self._send(404, _err("NotFound", f"no PUT {path}"))
+
+    return Handler

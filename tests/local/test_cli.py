@@ -1,0 +1,63 @@
+"""``posthog-lambda local`` prints each invocation with its measurements."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def test_local_command_invokes_the_function_and_reports(tmp_path: Path) -> None:
+    function = tmp_path / "function"
+    function.mkdir()
+    (function / "app.py").write_text(
+        "def handler(event, context):\n    print('log line', event['n'])\n    return event['n'] * 2\n"
+    )
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"n": 21}))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "posthog_lambda",
+            "local",
+            "--function",
+            str(function),
+            "--handler",
+            "app.handler",
+            "--event",
+            str(event),
+            "--times",
+            "2",
+            "--logs",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.count(": success (request ") == 2
+    assert out.count("response: 42") == 2
+    assert out.count("init: ") == 1  # a cold start, then a warm invocation
+    assert "[function] log line 21" in out
+    assert "response latency " in out
+    assert "post-runtime " in out
+    assert "billed " in out
+    assert "shutdown (spindown, deadline 2000 ms)" in out
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "posthog_lambda", "nonsense"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+    assert done.returncode == 2
+    assert "usage: posthog-lambda" in done.stderr
