@@ -289,6 +289,29 @@ def test_layer_is_visible_at_opt_and_the_real_opt_is_untouched(setup: Setup) -> 
     assert "data.txt" not in after
 
 
+def test_an_extension_reporting_an_init_error_fails_init(setup: Setup) -> None:
+    setup.extension("misconfigured", init_error=True)
+    with setup.environment() as env:
+        result = env.invoke({})
+    assert setup.records("misconfigured", "init_error_sent")[0]["status"] == 202
+    assert result.status == "failure"
+    assert result.init is not None
+    assert result.init.error is not None
+    assert "Extension.ConfigInvalid" in result.init.error
+    assert setup.records("handler", "invoked") == []
+
+
+def test_a_handler_that_cannot_be_imported_fails_init(setup: Setup) -> None:
+    (setup.function / "broken.py").write_text("raise RuntimeError('missing configuration')\n")
+    with setup.environment("broken.handler") as env:
+        result = env.invoke({})
+    assert result.status == "failure"
+    assert result.init is not None
+    assert result.init.error is not None
+    assert "Runtime.InitError" in result.init.error
+    assert "missing configuration" in result.init.error
+
+
 def test_an_extension_must_register_under_its_file_name(setup: Setup) -> None:
     setup.extension("honest")
     setup.extension("impostor", register_as="someone-else")

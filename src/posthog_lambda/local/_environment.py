@@ -13,6 +13,7 @@ reason ``timeout``/``failure``, a new Init on the next invoke).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import math
@@ -23,6 +24,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -207,6 +209,7 @@ class LambdaEnvironment:
         self.close()
 
     def start(self) -> None:
+        _live.add(self)
         self._sandbox = Sandbox(self.layer_dir)
         self._runtime_dir = runtime_directory(Path(self._sandbox.hosts_file).parent / "runtime")
         self._server = _QuietServer(("127.0.0.1", 0), _handler_for(self))
@@ -221,6 +224,7 @@ class LambdaEnvironment:
 
     def close(self) -> None:
         """Shut the environment down (SHUTDOWN, spindown) if it is up, then stop everything."""
+        _live.discard(self)
         try:
             if self._phase != "down":
                 self.shutdown()
@@ -730,6 +734,16 @@ class _QuietServer(ThreadingHTTPServer):
         # A process killed mid-request (timeout, reset, shutdown) is part of the lifecycle.
         if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             super().handle_error(request, client_address)
+
+
+_live: weakref.WeakSet[LambdaEnvironment] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    # An environment its user never closed must not outlive the interpreter (frozen, at that).
+    for env in list(_live):
+        env._kill_everything()
 
 
 def _err(error_type: str, message: str) -> dict[str, Any]:
