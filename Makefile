@@ -16,7 +16,7 @@ test: lint typecheck unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff format --check src tests bench layer $(wildcard extension)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src $(wildcard extension)

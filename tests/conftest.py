@@ -24,6 +24,10 @@ def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     _lambda._cold = False
     yield
     _config.reset_config()
+    if _sinks._auto is not None:
+        close = getattr(_sinks._auto[1], "close", None)
+        if close is not None:
+            close()
     _sinks._auto = None
 
 

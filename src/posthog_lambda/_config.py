@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from . import constants
+from ._frames import DEFAULT_SOCKET, DEFAULT_SPOOL
 from ._jsonable import DEFAULT_REDACT_KEYS, redact_key_set
 from ._log import env_flag, logger
 
@@ -41,6 +42,8 @@ class Config:
         "privacy_mode",
         "redact_keys",
         "sink",
+        "socket_path",
+        "spool_dir",
     )
 
     def __init__(
@@ -56,6 +59,8 @@ class Config:
         redact_keys: frozenset[str],
         max_event_bytes: int,
         sink: Sink | None,
+        socket_path: str = DEFAULT_SOCKET,
+        spool_dir: str = DEFAULT_SPOOL,
     ) -> None:
         self.enabled = enabled
         self.api_key = api_key
@@ -68,6 +73,9 @@ class Config:
         """Normalized key names; empty when redaction is off."""
         self.max_event_bytes = max_event_bytes
         self.sink = sink
+        self.socket_path = socket_path
+        """Where the extension listens; used when it exists."""
+        self.spool_dir = spool_dir
 
     def replace(self, **changes: Any) -> Config:
         values = {name: getattr(self, name) for name in self.__slots__}
@@ -122,6 +130,8 @@ def _from_env() -> Config:
         redact_keys=redact_key_set(redact_keys) if redact else frozenset(),
         max_event_bytes=_clamp_limit(_env_int(constants.POSTHOG_LAMBDA_MAX_EVENT_BYTES, BATCH_EVENT_LIMIT)),
         sink=None,
+        socket_path=_env_str(constants.POSTHOG_LAMBDA_SOCKET) or DEFAULT_SOCKET,
+        spool_dir=_env_str(constants.POSTHOG_LAMBDA_SPOOL_DIR) or DEFAULT_SPOOL,
     )
 
 

@@ -8,8 +8,9 @@ from ._config import get_config
 from ._context import current
 from ._decorate import instrument
 from ._jsonable import to_jsonable
-from ._lambda import lambda_properties, request_id, take_cold_start
+from ._lambda import deadline_ms, lambda_properties, request_id, take_cold_start
 from ._log import logger
+from ._sinks import invocation_started
 from ._spans import Span, Trace, TraceSpan
 from ._wraps import overload
 
@@ -130,9 +131,13 @@ def posthog_traced(
                 groups=group_map,
                 common=common,
             )
+            trace.request_id = rid
             root = TraceSpan(trace_name, trace, event)
             root.lambda_properties = lambda_properties(context, take_cold_start())
-            return root.__enter__()
+            root.__enter__()
+            if rid is not None:
+                invocation_started(rid, trace.trace_id, deadline_ms(context))
+            return root
 
         return instrument(handler, start)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -39,6 +40,17 @@ def _text(context: Any, attribute: str, env_name: str | None = None) -> str | No
 
 def request_id(context: Any) -> str | None:
     return _text(context, "aws_request_id")
+
+
+def deadline_ms(context: Any) -> int:
+    """When the invocation times out, in Unix ms (a minute from now if the context cannot say)."""
+    now = int(time.time() * 1000)
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    try:
+        left = remaining() if callable(remaining) else None
+    except Exception:
+        left = None
+    return now + (left if isinstance(left, int) and not isinstance(left, bool) and left >= 0 else 60_000)
 
 
 def lambda_properties(context: Any, cold_start: bool) -> dict[str, Any]:

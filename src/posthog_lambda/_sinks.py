@@ -85,6 +85,13 @@ def current_sink() -> Sink:
 
 
 def _automatic(config: Config) -> Sink:
+    import os
+
+    if os.path.exists(config.socket_path):
+        from ._socket_sink import SocketSink
+
+        logger.debug("events go to the extension at %s", config.socket_path)
+        return SocketSink(config.socket_path, config.spool_dir)
     if config.api_key:
         from ._posthog_sink import PostHogSink
 
@@ -93,16 +100,41 @@ def _automatic(config: Config) -> Sink:
     return DropSink("no POSTHOG_API_KEY and no sink configured")
 
 
-def deliver(events: list[Event]) -> None:
-    """Hand events to the current sink. Never raises."""
-    if not events:
-        return
+def deliver(events: list[Event], ended: tuple[str, str] | None = None) -> None:
+    """Hand events to the current sink; ``ended`` (request id, trace id) also tells a sink that
+    follows invocations that this one's handler is done. Never raises."""
     try:
         sink = current_sink()
-        if not getattr(sink, "fits_events", False):
-            from ._wire import fitted
+        final = getattr(sink, "send_final", None)
+        if ended is not None and final is not None:
+            final(events, *ended)
+            return
+        if events:
+            if not getattr(sink, "fits_events", False):
+                from ._wire import fitted
 
-            events = [fitted(e) for e in events]
-        sink.send(events)
+                events = [fitted(e) for e in events]
+            sink.send(events)
     except Exception as exc:
         record_drop("sink_error", len(events), f"{type(exc).__name__}: {exc}")
+    if ended is not None:
+        _notify("invocation_ended", *ended)
+
+
+def invocation_started(request_id: str, trace_id: str, deadline_ms: int) -> None:
+    """Tell a sink that follows invocations (the extension's) that a traced one began."""
+    _notify("invocation_started", request_id, trace_id, deadline_ms)
+
+
+def _notify(method: str, *args: object) -> None:
+    try:
+        hook = getattr(current_sink(), method, None)
+        if hook is not None:
+            hook(*args)
+    except Exception as exc:
+        logger.warning("telling the sink %s failed: %s", method, exc)
+
+
+def streams() -> bool:
+    """Whether the current sink takes finished spans while the handler still runs."""
+    return bool(getattr(current_sink(), "streams", False))

@@ -44,12 +44,19 @@ MISSING: Any = _Missing()
 _perf = time.perf_counter
 _wall = time.time
 
+HANDOFF_AT = 64
+"""Finished spans a streaming trace collects before handing them over mid-invocation."""
+HANDOFF_INTERVAL_S = 0.25
+"""...or the longest a finished span waits before being handed over mid-invocation."""
+
 
 class Trace:
     """What all events of one trace share, and the buffer they wait in until the trace ends."""
 
     __slots__ = (
         "_closed",
+        "_due",
+        "_handoff_at",
         "_items",
         "_lock",
         "_taken",
@@ -63,6 +70,7 @@ class Trace:
         "record_input",
         "record_output",
         "redact",
+        "request_id",
         "session_id",
         "trace_id",
     )
@@ -102,6 +110,21 @@ class Trace:
         self._lock = allocate_lock()
         # One wall-clock reading per trace; spans take their wall time from perf_counter.
         self._wall0 = _wall() - _perf()
+        self.request_id: str | None = None
+        """The Lambda request this trace belongs to, when a traced handler started it."""
+        # A sink that streams gets finished spans while the handler runs, so that a timeout
+        # or a crash later in the invocation cannot take them with it.
+        from ._sinks import streams
+
+        if streams():
+            from ._handoff import watch
+
+            self._handoff_at = HANDOFF_AT
+            self._due = _perf() + HANDOFF_INTERVAL_S
+            watch(self)
+        else:
+            self._handoff_at = 1 << 62
+            self._due = float("inf")
 
     def wall_at(self, perf: float) -> float:
         """The wall-clock time (Unix seconds) of a perf_counter() reading."""
@@ -136,11 +159,35 @@ class Trace:
     def closed(self) -> bool:
         return self._closed
 
+    def pending(self) -> int:
+        return len(self._items)
+
+    def due(self) -> float:
+        return self._due
+
+    def hand_off(self) -> None:
+        """Send what has finished so far, without closing the trace."""
+        with self._lock:
+            if self._closed:
+                return
+            count = len(self._items)
+            batch = self._items[:count]
+            # Atomic under the GIL: spans appended meanwhile stay for the next hand-off.
+            del self._items[:count]
+            self._due = _perf() + HANDOFF_INTERVAL_S
+        from ._sinks import deliver
+
+        deliver([item.to_event() for item in batch])
+
     def close(self) -> list[Span | RawEvent]:
         with self._lock:
             self._closed = True
             self._taken = list(self._items)
             self._items = []
+        if self._due != float("inf"):
+            from ._handoff import unwatch
+
+            unwatch(self)
         return self._taken
 
 
@@ -269,18 +316,24 @@ class Span:
             start = self._start
             if start is None or self._latency is not None:
                 return
-            self._latency = _perf() - start
+            now = _perf()
+            self._latency = now - start
             if exc is not None and not isinstance(exc, GeneratorExit):
                 self._record_error(exc)
             trace = self._trace
             # Trace.add's lock-free path, written out: this runs once per span.
             if not trace._closed:
-                trace._items.append(self)
+                items = trace._items
+                items.append(self)
                 if not trace._closed:
                     if self._owns_trace:
                         from ._sinks import deliver
 
-                        deliver([item.to_event() for item in trace.close()])
+                        request = trace.request_id
+                        ended = (request, trace.trace_id) if request else None
+                        deliver([item.to_event() for item in trace.close()], ended)
+                    elif len(items) >= trace._handoff_at or now >= trace._due:
+                        trace.hand_off()
                     return
             trace.settle(self)
         except Exception:

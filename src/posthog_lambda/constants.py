@@ -54,3 +54,34 @@ POSTHOG_LAMBDA_MAX_EVENT_BYTES = "POSTHOG_LAMBDA_MAX_EVENT_BYTES"
 """Largest serialized event in bytes; larger values are truncated with a visible marker, never
 dropped. Default 921600 (900 KiB, under ``/batch/``'s per-event limit). ``$ai_*`` events may
 be allowed up to 8323072 (``/i/v0/ai/batch/`` takes 8 MiB); other events stay at 900 KiB."""
+
+POSTHOG_LAMBDA_SOCKET = "POSTHOG_LAMBDA_SOCKET"
+"""Path of the Unix socket the extension listens on and the library hands events to. Default
+``/tmp/posthog-lambda.sock``. The library uses it when it exists, else the direct fallback."""
+
+POSTHOG_LAMBDA_SPOOL_DIR = "POSTHOG_LAMBDA_SPOOL_DIR"
+"""Directory where the library appends frames when the socket cannot take them in time, and
+which the extension drains. Default ``/tmp/posthog-lambda-spool``."""
+
+POSTHOG_LAMBDA_FLUSH = "POSTHOG_LAMBDA_FLUSH"
+"""When the extension sends: ``end`` (after each invocation, before it calls next: billed time,
+never response time), ``batch`` (on INVOKE when POSTHOG_FLUSH_AT events or POSTHOG_FLUSH_INTERVAL
+ms have accumulated, in parallel with the handler) or ``adaptive`` (``end`` while invocations are
+rare, ``batch`` once they come faster than the flush interval). Always everything at SHUTDOWN.
+Default ``adaptive``."""
+
+POSTHOG_FLUSH_AT = "POSTHOG_FLUSH_AT"
+"""``batch`` mode: flush once this many events are buffered. Default 10 (@mastra/posthog's
+serverless setting)."""
+
+POSTHOG_FLUSH_INTERVAL = "POSTHOG_FLUSH_INTERVAL"
+"""``batch`` mode: flush once the oldest buffered event is this many milliseconds old. Default
+2000."""
+
+POSTHOG_DISABLED = "POSTHOG_DISABLED"
+"""``true`` makes the extension register and then discard (counted) whatever it receives,
+without sending anything. Default ``false``."""
+
+POSTHOG_LAMBDA_BUFFER_BYTES = "POSTHOG_LAMBDA_BUFFER_BYTES"
+"""Most bytes of events the extension keeps while PostHog cannot take them; beyond it the oldest
+are dropped and counted. Default: a tenth of the function's memory (12.8 MB at 128 MB)."""

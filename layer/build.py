@@ -1,0 +1,71 @@
+"""Lay out the Lambda layer's content root (what the zip holds, what Lambda extracts to /opt).
+
+extensions/posthog-lambda          the launcher; its file name is the extension's name
+posthog-lambda-extension/          the extension's code and a private copy of the library,
+                                   on no path but its own (the function cannot break it)
+python/posthog_lambda/             the library, importable by the function
+
+python layer/build.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LIBRARY = ROOT / "src" / "posthog_lambda"
+EXTENSION = ROOT / "extension" / "posthog_lambda_extension"
+NAME = "posthog-lambda"
+EXTENSION_DIR = "posthog-lambda-extension"
+
+LAUNCHER = f"""#!/bin/sh
+# Lambda runs every file in /opt/extensions; this one starts the posthog-lambda extension with
+# the runtime's own Python, isolated from the function's packages and PYTHONPATH.
+for python in /var/lang/bin/python3 "$(command -v python3 2>/dev/null)"; do
+    if [ -n "$python" ] && [ -x "$python" ]; then
+        exec "$python" -I -S /opt/{EXTENSION_DIR}/bootstrap.py "$(basename "$0")"
+    fi
+done
+echo "[posthog-lambda] no Python interpreter (looked for /var/lang/bin/python3 and python3 on PATH):" \\
+    "the extension needs a Python runtime; events are not sent"
+exit 1
+"""
+
+BOOTSTRAP = '''"""Put the extension's directory, and nothing of the function's, on the path; then run it."""
+import os
+import runpy
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+runpy.run_module("posthog_lambda_extension", run_name="__main__", alter_sys=True)
+'''
+
+# The emulator (local/) is development tooling; the extension has no use for testing.py either.
+_SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "local", "testing.py")
+
+
+def build(out: Path) -> Path:
+    """Write the layer's content root into ``out`` (replacing what is there)."""
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "extensions").mkdir(parents=True)
+    launcher = out / "extensions" / NAME
+    launcher.write_text(LAUNCHER)
+    launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    private = out / EXTENSION_DIR
+    shutil.copytree(EXTENSION, private / "posthog_lambda_extension", ignore=_SKIP)
+    shutil.copytree(LIBRARY, private / "posthog_lambda", ignore=_SKIP)
+    (private / "bootstrap.py").write_text(BOOTSTRAP)
+    shutil.copytree(
+        LIBRARY, out / "python" / "posthog_lambda", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "local")
+    )
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    print(build(Path(sys.argv[1])))

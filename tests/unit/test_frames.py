@@ -1,0 +1,122 @@
+"""The hand-off protocol: frames and the spool, as both sides use them."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from posthog_lambda import _frames
+from posthog_lambda._frames import END, EVENTS, START, FrameError, Reader
+
+
+def test_frames_round_trip_whatever_the_read_sizes() -> None:
+    stream = (
+        _frames.encode(START, {"request_id": "r1", "trace_id": "t1", "deadline_ms": 123})
+        + _frames.encode_events([b'{"event":"$ai_span","distinct_id":"d","uuid":"u","properties":{}}'])
+        + _frames.encode(END, {"request_id": "r1", "trace_id": "t1"})
+    )
+    for chunk in (1, 3, 7, len(stream)):
+        reader = Reader()
+        frames = []
+        for i in range(0, len(stream), chunk):
+            got, errors = reader.feed(stream[i : i + chunk])
+            assert errors == []
+            frames += got
+        assert [kind for kind, _ in frames] == [START, EVENTS, END]
+        assert frames[1][1]["events"][0]["event"] == "$ai_span"
+        assert reader.pending == 0
+
+
+def test_bad_payloads_are_rejected_and_the_stream_goes_on() -> None:
+    bad_json = _frames.HEADER.pack(b"PL", 1, EVENTS, 5) + b"{nope"
+    wrong_shape = _frames.encode(START, {"request_id": "r"})
+    good = _frames.encode(END, {"request_id": "r", "trace_id": "t"})
+    frames, errors = Reader().feed(bad_json + wrong_shape + good)
+    assert [kind for kind, _ in frames] == [END]
+    assert len(errors) == 2
+    assert "not JSON" in errors[0]
+    assert "trace_id" in errors[1]
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (b"XX\x01\x02\x00\x00\x00\x02", "magic"),
+        (b"PL\x09\x02\x00\x00\x00\x02", "version 9"),
+        (b"PL\x01\x63\x00\x00\x00\x02", "kind 99"),
+        (b"PL\x01\x02\xff\xff\xff\xff", "over"),
+    ],
+)
+def test_a_bad_header_breaks_the_stream(header: bytes, reason: str) -> None:
+    reader = Reader()
+    frames, errors = reader.feed(header + b"{}" + _frames.encode(END, {"request_id": "r", "trace_id": "t"}))
+    assert frames == []
+    assert reason in errors[0]
+    assert reader.broken is not None
+    assert reader.feed(_frames.encode(END, {"request_id": "r", "trace_id": "t"})) == ([], [])
+
+
+def test_random_bytes_never_raise() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        Reader().feed(bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64))))
+
+
+def test_truncated_frame_stays_pending() -> None:
+    frame = _frames.encode(END, {"request_id": "r", "trace_id": "t"})
+    reader = Reader()
+    assert reader.feed(frame[:-3]) == ([], [])
+    assert reader.pending == len(frame) - 3
+
+
+def test_oversized_payload_is_refused_when_encoding() -> None:
+    with pytest.raises(FrameError):
+        _frames.encode_events([b"x" * (_frames.MAX_PAYLOAD + 1)])
+
+
+@pytest.mark.parametrize(
+    ("event", "problem"),
+    [
+        ({"event": "", "distinct_id": "d", "uuid": "u"}, "name"),
+        ({"event": "e", "uuid": "u"}, "distinct_id"),
+        ({"event": "e", "distinct_id": "d"}, "uuid"),
+        ({"event": "e", "distinct_id": "d", "uuid": "u", "properties": []}, "properties"),
+        ([], "object"),
+    ],
+)
+def test_valid_event(event: object, problem: str) -> None:
+    reason = _frames.valid_event(event)
+    assert reason is not None
+    assert problem in reason
+    assert _frames.valid_event({"event": "e", "distinct_id": "d", "uuid": "u", "properties": {}}) is None
+
+
+def test_spool_written_while_claimed_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    path = str(spool / f"1{_frames.SPOOL_SUFFIX}")
+    written = 400
+    done = threading.Event()
+
+    def write() -> None:
+        for n in range(written):
+            _frames.append_to_spool(path, _frames.encode(END, {"request_id": str(n), "trace_id": "t"}))
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    seen: list[str] = []
+    while True:
+        finished = done.is_set()
+        for content in _frames.claim_spool(str(spool)):
+            frames, errors = Reader().feed(content)
+            assert errors == []
+            seen += [payload["request_id"] for _, payload in frames]
+        if finished:
+            break
+    writer.join()
+    assert seen == [str(n) for n in range(written)]
+    assert os.listdir(spool) == []

@@ -1,0 +1,180 @@
+"""Events handed to the extension's Unix socket: framing, mid-invocation hand-off, fallbacks."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from posthog_lambda import _frames, posthog_traced, span
+from posthog_lambda._sinks import current_sink
+from posthog_lambda._socket_sink import SocketSink
+from posthog_lambda._spans import HANDOFF_AT
+from tests.helpers import LambdaContext
+
+
+class Listener:
+    """What the extension's socket server does, reduced to recording frames."""
+
+    def __init__(self, path: Path, read: bool = True) -> None:
+        self.frames: list[tuple[int, dict[str, Any]]] = []
+        self.changed = threading.Condition()
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(str(path))
+        self._server.listen()
+        self._read = read
+        self._connections: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._server.accept()
+            except OSError:
+                return
+            self._connections.append(connection)
+            if self._read:
+                threading.Thread(target=self._read_from, args=(connection,), daemon=True).start()
+
+    def _read_from(self, connection: socket.socket) -> None:
+        reader = _frames.Reader()
+        while data := connection.recv(65536):
+            frames, _ = reader.feed(data)
+            with self.changed:
+                self.frames += frames
+                self.changed.notify_all()
+
+    def events(self) -> list[dict[str, Any]]:
+        with self.changed:
+            return [e for kind, p in self.frames if kind == _frames.EVENTS for e in p["events"]]
+
+    def wait_events(self, count: int, timeout: float = 5.0) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.events()) >= count, timeout), self.frames
+
+    def close(self) -> None:
+        self._server.close()
+        for connection in self._connections:
+            connection.close()
+
+
+@pytest.fixture
+def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    sock, spool = tmp_path / "ext.sock", tmp_path / "spool"
+    monkeypatch.setenv("POSTHOG_LAMBDA_SOCKET", str(sock))
+    monkeypatch.setenv("POSTHOG_LAMBDA_SPOOL_DIR", str(spool))
+    return sock, spool
+
+
+@pytest.fixture
+def listener(paths: tuple[Path, Path]) -> Iterator[Listener]:
+    server = Listener(paths[0])
+    yield server
+    server.close()
+
+
+def spooled(spool: Path) -> list[tuple[int, dict[str, Any]]]:
+    frames = []
+    for content in _frames.claim_spool(str(spool)):
+        got, errors = _frames.Reader().feed(content)
+        assert errors == []
+        frames += got
+    return frames
+
+
+def test_the_socket_sink_is_chosen_when_the_extension_socket_exists(listener: Listener) -> None:
+    assert isinstance(current_sink(), SocketSink)
+
+
+def test_start_events_end_in_order_and_spans_handed_over_while_the_handler_runs(listener: Listener) -> None:
+    spans = HANDOFF_AT * 3
+    seen_mid_invocation: list[int] = []
+
+    @posthog_traced
+    def handler(event: Any, context: Any) -> str:
+        for n in range(spans):
+            with span(f"step-{n}"):
+                pass
+        # The extension already has finished spans before the handler returns.
+        listener.wait_events(HANDOFF_AT)
+        seen_mid_invocation.append(len(listener.events()))
+        return "ok"
+
+    assert handler({}, LambdaContext("req-9")) == "ok"
+    listener.wait_events(spans + 1)
+    kinds = [kind for kind, _ in listener.frames]
+    assert kinds[0] == _frames.START
+    assert kinds[-1] == _frames.END
+    start, end = listener.frames[0][1], listener.frames[-1][1]
+    assert start["request_id"] == end["request_id"] == "req-9"
+    assert start["deadline_ms"] > time.time() * 1000  # the context says 3 s remain
+    assert seen_mid_invocation[0] >= HANDOFF_AT
+    events = listener.events()
+    assert len(events) == spans + 1
+    assert len({e["uuid"] for e in events}) == spans + 1
+    assert events[-1]["event"] == "$ai_trace"
+    assert {e["properties"]["$ai_trace_id"] for e in events} == {start["trace_id"]}
+
+
+def test_no_listener_means_the_spool(paths: tuple[Path, Path]) -> None:
+    sock, spool = paths
+    # A socket file left behind by an extension that is gone: connecting is refused.
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(sock))
+    stale.close()
+
+    @posthog_traced
+    def handler(event: Any, context: Any) -> str:
+        with span("work"):
+            pass
+        return "ok"
+
+    assert handler({}, LambdaContext("req-1")) == "ok"
+    frames = spooled(spool)
+    assert [kind for kind, _ in frames] == [_frames.START, _frames.EVENTS, _frames.END]
+    assert [e["event"] for e in frames[1][1]["events"]] == ["$ai_span", "$ai_trace"]
+
+
+def test_a_listener_that_stops_reading_cannot_hold_the_handler(paths: tuple[Path, Path]) -> None:
+    sock, spool = paths
+    stuck = Listener(sock, read=False)
+    try:
+        payload = "x" * 400_000  # more than the socket's buffers hold
+
+        @posthog_traced
+        def handler(event: Any, context: Any) -> str:
+            for n in range(5):
+                with span(f"big-{n}", input=payload):
+                    pass
+            return "ok"
+
+        assert handler({}, LambdaContext("req-2")) == "ok"
+    finally:
+        stuck.close()
+    # What the stuck listener never took is in the spool, whole frames only.
+    events = [e for kind, p in spooled(spool) if kind == _frames.EVENTS for e in p["events"]]
+    assert {e["event"] for e in events} <= {"$ai_span", "$ai_trace"}
+    assert "$ai_trace" in {e["event"] for e in events}
+
+
+def test_spans_are_handed_over_while_the_handler_blocks_after_them(listener: Listener) -> None:
+    @posthog_traced
+    def handler(event: Any, context: Any) -> str:
+        with span("before-the-wait"):
+            pass
+        with span("also-before"):
+            pass
+        # No more span ends from here: the extension must get both anyway (the handler could
+        # be about to time out or crash).
+        listener.wait_events(2)
+        return "ok"
+
+    assert handler({}, LambdaContext("req-3")) == "ok"
+    names = [e["properties"].get("$ai_span_name") for e in listener.events()[:2]]
+    assert names == ["before-the-wait", "also-before"]
