@@ -126,12 +126,13 @@ class _Extension(_Process):
         self.waiting = False
         self.queue: list[dict[str, Any]] = []
         self.delivered = 0
-        self.delivered_at = 0.0
+        self.handed_at = 0.0
+        """When its last event left the queue: a next call after that means it is done with it."""
         self.error: str | None = None
 
     def done_with_invoke(self) -> bool:
         """Back in ``next`` since it was handed the last INVOKE (or never subscribed to it)."""
-        return self.waiting and ("INVOKE" not in self.events or (self.last_next or 0.0) > self.delivered_at)
+        return self.waiting and ("INVOKE" not in self.events or (self.last_next or 0.0) > self.handed_at)
 
 
 class _Runtime(_Process):
@@ -649,6 +650,9 @@ class LambdaEnvironment:
                 self._cond.wait()
             event = extension.queue.pop(0)
             extension.waiting = False
+            # Before the answer is written: its next call can be served by another thread
+            # before this one finishes writing.
+            extension.handed_at = time.monotonic()
             return event
 
     def note(self, who: str, what: str) -> None:
@@ -663,7 +667,6 @@ class LambdaEnvironment:
                     (time.monotonic(), extension.name, f"{event['eventType']} {event.get('requestId', '')}".strip())
                 )
                 extension.delivered += 1
-                extension.delivered_at = time.monotonic()
                 self._cond.notify_all()
 
     def _extension_error(self, identifier: str | None, kind: str, error_type: str, body: bytes) -> bool:

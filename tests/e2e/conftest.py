@@ -1,0 +1,69 @@
+"""End-to-end fixtures: the real layer (as layer/build.py lays it out) with the real extension,
+in the local Lambda environment, sending to a local PostHog capture server."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from posthog_lambda.local import CaptureServer, LambdaEnvironment
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "phc_local"
+
+
+def _build_module() -> Any:
+    spec = importlib.util.spec_from_file_location("layer_build", ROOT / "layer" / "build.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def layer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    built: Path = _build_module().build(tmp_path_factory.mktemp("layer") / "root")
+    return built
+
+
+@pytest.fixture
+def posthog() -> Iterator[CaptureServer]:
+    with CaptureServer(api_key=KEY) as server:
+        yield server
+
+
+class Deployment:
+    """A function with the layer attached, configured to send to the local capture server."""
+
+    def __init__(self, root: Path, layer: Path, posthog: CaptureServer) -> None:
+        self.root = root
+        self.layer = layer
+        self.posthog = posthog
+        self.function = root / "function"
+        self.function.mkdir()
+        self.socket = root / "posthog.sock"
+        self.spool = root / "spool"
+
+    def code(self, source: str) -> None:
+        (self.function / "app.py").write_text(source)
+
+    def environment(self, flush: str = "end", timeout_s: float = 5.0, **env: str) -> LambdaEnvironment:
+        variables = {
+            "POSTHOG_API_KEY": KEY,
+            "POSTHOG_HOST": self.posthog.url,
+            "POSTHOG_LAMBDA_FLUSH": flush,
+            "POSTHOG_LAMBDA_SOCKET": str(self.socket),
+            "POSTHOG_LAMBDA_SPOOL_DIR": str(self.spool),
+            **env,
+        }
+        return LambdaEnvironment(self.function, "app.handler", layer_dir=self.layer, env=variables, timeout_s=timeout_s)
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, layer_dir: Path, posthog: CaptureServer) -> Deployment:
+    return Deployment(tmp_path, layer_dir, posthog)
