@@ -497,6 +497,10 @@ class LambdaEnvironment:
             self.note("environment", "thawed")
         self._running.set()
 
+    def pids(self) -> dict[str, int]:
+        """The process id of the runtime (``"runtime"``) and of each extension, by name."""
+        return {p.name: p.process.pid for p in self._processes()}
+
     def idle(self, seconds: float) -> None:
         """Let time pass between invocations, with the environment frozen as on AWS."""
         time.sleep(seconds)

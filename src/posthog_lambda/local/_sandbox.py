@@ -139,15 +139,21 @@ def runtime_directory(into: Path) -> Path:
     """A directory holding only AWS's runtime interface client and its dependencies, linked
     from this interpreter's installation: what ``/var/runtime`` is on AWS, so the function sees
     that and nothing else of this machine's packages."""
+    try:
+        return link_distributions(into, _RUNTIME_DISTRIBUTIONS)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise SandboxError(
+            "the local Lambda environment runs functions with AWS's runtime interface client: "
+            "pip install 'posthog-lambda[local]' (awslambdaric)"
+        ) from exc
+
+
+def link_distributions(into: Path, names: Sequence[str]) -> Path:
+    """Symlink the importable files of installed distributions ``names`` into ``into``, the
+    way ``pip install --target`` would lay them out, without copying or downloading."""
     into.mkdir(parents=True, exist_ok=True)
-    for name in _RUNTIME_DISTRIBUTIONS:
-        try:
-            dist = importlib.metadata.distribution(name)
-        except importlib.metadata.PackageNotFoundError as exc:
-            raise SandboxError(
-                "the local Lambda environment runs functions with AWS's runtime interface client: "
-                "pip install 'posthog-lambda[local]' (awslambdaric)"
-            ) from exc
+    for name in names:
+        dist = importlib.metadata.distribution(name)
         base = Path(str(dist.locate_file("")))
         for top in {str(f).split("/")[0] for f in dist.files or () if not str(f).startswith("..")}:
             if top.endswith((".dist-info", ".egg-info")) or top == "__pycache__":
