@@ -184,7 +184,8 @@ def main() -> None:
         f"- {args.invocations} warm invocations per row after one cold one; capture server delay "
         f"{args.delay_ms:.0f} ms; 10 spans (8 spans, 2 generations) per invocation",
         "",
-        "| Handler | response latency p50 ms | p99 ms | minus undecorated (p50 of same-round differences) ms | post-runtime p50 ms | p99 ms |",
+        "| Handler | response latency p50 ms | p99 ms | minus undecorated (p50 of same-round differences) ms "
+        "| post-runtime p50 ms | p99 ms |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for label, row in rows.items():

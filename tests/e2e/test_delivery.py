@@ -148,8 +148,13 @@ def test_garbage_on_the_socket_does_not_stop_the_extension(deployment: Deploymen
                 client.sendall(junk)
         assert env.invoke({"q": "second"}).status == "success"
         env.shutdown()
-    events = assert_exactly_once(deployment, 7)
-    # What it dropped is itself reported to PostHog, so the loss is visible there.
-    [dropped] = [e for e in events if e["event"] == "posthog_lambda_dropped"]
-    assert dropped["properties"]["posthog_lambda_dropped_total"] >= 2
-    assert sum(1 for e in events if e["event"] == "$ai_trace") == 2
+    # The two invocations' events, once each, and what was dropped, itself reported to PostHog
+    # (in one report or two: a truncated frame is only known when its connection ends).
+    deployment.posthog.wait_for_events(7, timeout=10)
+    events = received(deployment)
+    assert deployment.posthog.duplicates == 0
+    traced = [e for e in events if e["event"] != "posthog_lambda_dropped"]
+    assert len(traced) == 6
+    assert trace_tree_problems(traced) == []
+    reports = [e for e in events if e["event"] == "posthog_lambda_dropped"]
+    assert sum(r["properties"]["posthog_lambda_dropped_total"] for r in reports) == 2

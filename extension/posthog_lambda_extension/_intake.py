@@ -1,0 +1,97 @@
+"""What happens to each frame read from the socket or a spool file.
+
+START and END go to the invocation tracker; each valid event of an EVENTS frame goes into the
+buffer as JSON, cut to its endpoint's size limit if a writer sent it larger. Anything that
+cannot be used is counted by reason (and logged the first time), never raised.
+"""
+
+from __future__ import annotations
+
+import json
+
+from posthog_lambda import _frames
+from posthog_lambda._config import AI_EVENT_LIMIT, BATCH_EVENT_LIMIT
+
+from . import _log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ._buffer import Buffer
+    from ._drops import Drops
+    from ._invocations import Invocations
+
+
+def dumps(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def fit_event(event: dict[str, Any], limit: int) -> bytes:
+    """The event's JSON with its largest property values cut to fit ``limit`` bytes."""
+    from posthog_lambda._size import fit
+
+    properties = event.get("properties")
+    fitted = {**event, "properties": fit(properties if isinstance(properties, dict) else {}, limit)}
+    return dumps(fitted)
+
+
+def error_reason(error: str, broken: str | None) -> str:
+    """The drop reason for one of ``Reader.feed``'s errors."""
+    if error == broken:
+        return "frames_too_large" if "limit" in error else "frames_bad_header"
+    return "frames_bad_json" if "not JSON" in error else "frames_bad_shape"
+
+
+class Intake:
+    def __init__(self, buffer: Buffer, invocations: Invocations, drops: Drops) -> None:
+        self.buffer = buffer
+        self.invocations = invocations
+        self.drops = drops
+        self.discard: str | None = None
+        """When set, events are counted under this reason instead of buffered (the reason was
+        said when it was set)."""
+
+    def feed(self, reader: _frames.Reader, data: bytes, source: str) -> bool:
+        """Hand ``data`` to ``reader`` and act on what it yields; False once the stream is broken."""
+        frames, errors = reader.feed(data)
+        for error in errors:
+            self.drops.add(error_reason(error, reader.broken), 1, f"{source}: {error}")
+        for kind, payload in frames:
+            self.frame(kind, payload)
+        return reader.broken is None
+
+    def finish(self, reader: _frames.Reader, source: str) -> None:
+        """The stream ended: a frame cut short is lost."""
+        if reader.broken is None and reader.pending:
+            self.drops.add("frames_truncated", 1, f"{source} ended {reader.pending} bytes into a frame")
+
+    def frame(self, kind: int, payload: dict[str, Any]) -> None:
+        if kind == _frames.START:
+            _log.debug(f"START {payload['request_id']}")
+            self.invocations.start(payload["request_id"], payload["deadline_ms"])
+        elif kind == _frames.END:
+            _log.debug(f"END {payload['request_id']}")
+            self.invocations.end(payload["request_id"])
+        else:
+            for event in payload["events"]:
+                self.event(event)
+
+    def event(self, event: Any) -> None:
+        problem = _frames.valid_event(event)
+        if problem is not None:
+            self.drops.add("events_invalid", 1, problem)
+            return
+        if self.discard is not None:
+            self.drops.add(self.discard, 1, log=False)
+            return
+        name: str = event["event"]
+        try:
+            data = dumps(event)
+            limit = AI_EVENT_LIMIT if name.startswith("$ai_") else BATCH_EVENT_LIMIT
+            if len(data) > limit:
+                data = fit_event(event, limit)
+        except (TypeError, ValueError) as exc:
+            self.drops.add("events_invalid", 1, f"{name} cannot be serialized: {exc}")
+            return
+        self.buffer.add(event["uuid"], name, data)

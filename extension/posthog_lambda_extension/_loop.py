@@ -1,0 +1,198 @@
+"""The extension's life once registered: handle INVOKE and SHUTDOWN until the end.
+
+Each INVOKE is handled as the policy says, everything is flushed at SHUTDOWN within its
+deadline, and the process exits 0 only then: an extension that exits earlier fails the
+function's invocations, so whatever goes wrong is logged and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import _log
+from ._api import next_event
+from ._buffer import Buffer
+from ._drops import DROPPED_EVENT, Drops, dropped_event, new_uuid
+from ._intake import Intake, dumps
+from ._invocations import Invocations
+from ._policy import FLUSH_NOW, WAIT_FOR_END, Policy
+from ._server import FrameServer
+from ._settings import Settings
+from ._spool import Spool
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+    from ._api import ExtensionsApi
+    from ._sender import Sender
+
+END_MARGIN_S = 0.2
+"""Waiting for an invocation's END stops this long before its deadline..."""
+FLUSH_MARGIN_S = 0.1
+"""...and flushing this long before it, so that next is called in time: an extension late for its
+invocation's deadline times the invocation out."""
+SHUTDOWN_MARGIN_S = 0.3
+START_GRACE_S = 0.5
+"""A traced handler sends START as it begins; none this long after INVOKE means an untraced one."""
+SPOOL_POLL_S = 0.1
+"""While waiting for END, the spool is checked this often (an END may have been spooled)."""
+FLUSH_BUDGET_S = 5.0
+"""The most one flush during an invocation may take, retries included: a PostHog outage must
+not make every invocation last until its timeout. SHUTDOWN uses all the time it has."""
+SHUTDOWN_DEFAULT_S = 2.0
+
+
+class Extension:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self._clock = clock
+        self.drops = Drops()
+        self.buffer = Buffer(settings.buffer_bytes, self.drops, clock)
+        self.invocations = Invocations()
+        self.intake = Intake(self.buffer, self.invocations, self.drops)
+        self.intake.discard = settings.discard_reason
+        self.server = FrameServer(settings.socket_path, self.intake)
+        self.spool = Spool(settings.spool_dir, self.intake)
+        self.policy = Policy(settings.mode, settings.flush_at, settings.flush_interval_ms / 1000, settings.buffer_bytes)
+        self.sender: Sender | None = None
+        if self.intake.discard is None and settings.host is not None and settings.api_key is not None:
+            from ._sender import Sender
+
+            self.sender = Sender(settings.host, settings.api_key, self.buffer, clock=clock)
+        self._starts = 0
+
+    def run(self, api: ExtensionsApi, identifier: str, listener: socket.socket | None) -> int:
+        """Serve frames on ``listener`` (None: there is no socket) and events from ``api``
+        until SHUTDOWN; 0."""
+        if listener is not None:
+            self.server.start(listener)
+        self._announce()
+        while True:
+            event = next_event(api, identifier)
+            kind = event.get("eventType")
+            try:
+                if kind == "SHUTDOWN":
+                    self.shutdown(event)
+                    return 0
+                if kind == "INVOKE":
+                    self.invoke(event)
+                else:
+                    _log.debug(f"ignoring event {kind!r}")
+            except Exception as exc:
+                if kind == "SHUTDOWN":
+                    _log.warn(f"shutdown did not finish cleanly: {exc!r}")
+                    return 0
+                _log.once(f"loop:{type(exc).__name__}", f"handling {kind} failed unexpectedly: {exc!r}")
+
+    def _announce(self) -> None:
+        for problem in self.settings.problems:
+            _log.warn(problem)
+        reason = self.intake.discard
+        if reason == "events_disabled":
+            _log.warn("POSTHOG_DISABLED is true: events from the function are discarded")
+        elif reason == "events_no_api_key":
+            _log.warn(
+                "POSTHOG_API_KEY is not set: events from the function are discarded (counted); "
+                "set it to your PostHog project API key (phc_...)"
+            )
+        _log.debug(
+            f"listening on {self.settings.socket_path}; flush {self.settings.mode}, "
+            f"buffer {self.settings.buffer_bytes} bytes, host {self.settings.host}"
+        )
+
+    # -- events from the Extensions API --------------------------------------------------------
+
+    def invoke(self, event: Mapping[str, Any]) -> None:
+        now = self._clock()
+        deadline = self._deadline(event.get("deadlineMs"), 0.0, now + FLUSH_BUDGET_S)
+        request_id = event.get("requestId")
+        self.spool.drain()
+        if self.invocations.starts != self._starts:
+            self._starts = self.invocations.starts
+            self.policy.saw_start()
+        if self.sender is None:
+            return
+        stats = self.buffer.stats()
+        action = self.policy.on_invoke(now, stats.count, stats.size, stats.oldest)
+        _log.debug(f"INVOKE {request_id}: {action} ({stats.count} events buffered)")
+        flush_by = deadline - FLUSH_MARGIN_S
+        if action == WAIT_FOR_END and isinstance(request_id, str) and request_id:
+            if self.wait_for_end(request_id, deadline - END_MARGIN_S) == "no_start":
+                self.policy.missed_start()
+                _log.once(
+                    "no-start",
+                    f"no START frame from the function within {START_GRACE_S:g} s of invocation {request_id}: "
+                    "not waiting for the end of invocations until one arrives (is the handler decorated with "
+                    "@posthog_traced?); events are sent at later invocations and at shutdown",
+                )
+            self.spool.drain()
+            self.flush(min(flush_by, self._clock() + FLUSH_BUDGET_S))
+        elif action in (WAIT_FOR_END, FLUSH_NOW):
+            self.flush(min(flush_by, now + FLUSH_BUDGET_S))
+
+    def wait_for_end(self, request_id: str, until: float) -> str:
+        """``ended``, ``deadline`` or ``no_start`` (no START frame within the grace period)."""
+        start_by = self._clock() + START_GRACE_S
+        invocations = self.invocations
+        while True:
+            if invocations.ended(request_id):
+                return "ended"
+            now = self._clock()
+            if now >= until:
+                return "deadline"
+            started = invocations.started(request_id)
+            if not started and now >= start_by:
+                return "no_start"
+            limit = until if started else min(until, start_by)
+
+            def changed(started: bool = started) -> bool:
+                return invocations.ended(request_id) or invocations.started(request_id) != started
+
+            if not invocations.wait(changed, min(SPOOL_POLL_S, limit - now)):
+                self.spool.drain()
+
+    def shutdown(self, event: Mapping[str, Any]) -> None:
+        now = self._clock()
+        deadline = self._deadline(event.get("deadlineMs"), SHUTDOWN_MARGIN_S, now + SHUTDOWN_DEFAULT_S)
+        _log.debug(f"SHUTDOWN ({event.get('shutdownReason')}), {deadline - now:.3f} s to flush")
+        try:
+            self.spool.drain()
+            if self.sender is not None:
+                self.flush(deadline, force=True)
+                left = len(self.buffer)
+                if left:
+                    _log.warn(f"{left} events could not be sent to PostHog before shutdown and are lost")
+                self.sender.close()
+        finally:
+            self.server.close(join_timeout=0.1)
+            totals = self.drops.totals()
+            if totals:
+                listed = ", ".join(f"{reason}={count}" for reason, count in sorted(totals.items()))
+                _log.warn(f"dropped during this environment's life: {listed}")
+
+    # -- flushing -------------------------------------------------------------------------------
+
+    def flush(self, deadline: float, *, force: bool = False) -> None:
+        sender = self.sender
+        if sender is None or not sender.ready(force):
+            return
+        counts = self.drops.take()
+        if counts:
+            self.buffer.add(new_uuid(), DROPPED_EVENT, dumps(dropped_event(counts)))
+        if not len(self.buffer):
+            return
+        started = self._clock()
+        result = sender.flush(deadline, force=force)
+        _log.debug(f"flush: {result} in {(self._clock() - started) * 1000:.0f} ms, {len(self.buffer)} left")
+        if sender.refused is not None:
+            self.intake.discard = "events_api_key_refused"
+            self.buffer.discard("events_api_key_refused")
+
+    def _deadline(self, deadline_ms: object, margin: float, default: float) -> float:
+        """A deadline in Unix ms as a time on this extension's clock, ``margin`` seconds earlier."""
+        if isinstance(deadline_ms, int | float) and not isinstance(deadline_ms, bool):
+            return self._clock() + (deadline_ms / 1000 - time.time()) - margin
+        return default

@@ -1,0 +1,48 @@
+"""Start-up: register as soon as possible, then load the rest.
+
+Lambda starts the function's runtime only once every extension has registered, so before
+registering the extension loads only its settings, the socket's listening end and the
+Extensions API client; the rest (buffer, frame server, sender) loads while the runtime starts.
+Connections made meanwhile wait in the socket's backlog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from . import _log
+from ._api import ApiError, ExtensionsApi, next_event, register
+from ._listener import listen
+from ._settings import Settings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    """Run the extension as ``argv[0]`` (default ``posthog-lambda``); 0 after SHUTDOWN."""
+    settings = Settings(os.environ, argv)
+    _log.debug_enabled = settings.debug
+    try:
+        api = ExtensionsApi(os.environ.get("AWS_LAMBDA_RUNTIME_API", ""))
+    except ApiError as exc:
+        _log.warn(f"not running in AWS Lambda: {exc}")
+        return 1
+    listener = listen(settings.socket_path)
+    identifier = register(api, settings.name)
+    try:
+        from ._loop import Extension
+
+        extension = Extension(settings)
+    except Exception as exc:  # a bug here must not fail the function: stay registered, idle
+        _log.warn(f"cannot start ({exc!r}); events from the function are not sent")
+        if listener is not None:
+            listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(settings.socket_path)  # so that the library does not wait on it
+        while next_event(api, identifier).get("eventType") != "SHUTDOWN":
+            pass
+        return 0
+    return extension.run(api, identifier, listener)

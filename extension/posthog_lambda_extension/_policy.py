@@ -1,0 +1,81 @@
+"""When to flush: the decisions of every flush mode, as a pure class (no clock, no I/O).
+
+- ``end``: after each invocation (the END frame, or the deadline), before calling next. Billed
+  time, never response time; nothing waits in the buffer between invocations.
+- ``batch``: at INVOKE, in parallel with the handler, once ``flush_at`` events or
+  ``interval`` seconds have accumulated (or half the buffer is used). Adds no billed time while
+  PostHog answers faster than the handler runs; events may wait for the next invocation.
+- ``adaptive``: ``end`` while invocations are rare, ``batch`` once the median gap between the
+  last few INVOKEs is shorter than the flush interval.
+
+Waiting for END needs the function to send START/END frames (``@posthog_traced``). If no
+START for an invocation arrives soon after its INVOKE, the function is taken to be untraced
+and invocations are handled like ``batch`` until a START shows up again; otherwise every
+invocation would wait until its deadline.
+"""
+
+from __future__ import annotations
+
+END = "end"
+BATCH = "batch"
+ADAPTIVE = "adaptive"
+
+WAIT_FOR_END = "wait_for_end"
+"""Wait for the invocation's END frame, then flush everything."""
+FLUSH_NOW = "flush_now"
+"""Flush what is buffered now, then call next."""
+KEEP = "keep"
+"""Keep buffering; call next."""
+
+GAP_WINDOW = 5
+
+
+class Policy:
+    def __init__(self, mode: str, flush_at: int, interval_s: float, buffer_limit: int) -> None:
+        self.mode = mode
+        self.flush_at = flush_at
+        self.interval_s = interval_s
+        self.buffer_limit = buffer_limit
+        self.untraced = False
+        """No START frame came for the last invocation waited on."""
+        self._gaps: list[float] = []
+        self._last_invoke: float | None = None
+
+    def on_invoke(self, now: float, count: int, size: int, oldest: float | None) -> str:
+        """The action for an INVOKE received at ``now`` (seconds) with the buffer holding ``count``
+        events of ``size`` bytes, the oldest added at ``oldest``."""
+        if self._last_invoke is not None:
+            self._gaps = [*self._gaps[-(GAP_WINDOW - 1) :], max(0.0, now - self._last_invoke)]
+        self._last_invoke = now
+        if self.style() == END and not self.untraced:
+            return WAIT_FOR_END
+        return FLUSH_NOW if self.due(now, count, size, oldest) else KEEP
+
+    def style(self) -> str:
+        """``end`` or ``batch``: what ``adaptive`` resolves to given the recent gaps."""
+        if self.mode != ADAPTIVE:
+            return self.mode
+        gap = self.gap()
+        return BATCH if gap is not None and gap < self.interval_s else END
+
+    def gap(self) -> float | None:
+        """The median of the last few gaps between INVOKEs (seconds), None before the second."""
+        if not self._gaps:
+            return None
+        ordered = sorted(self._gaps)
+        middle = len(ordered) // 2
+        return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+    def due(self, now: float, count: int, size: int, oldest: float | None) -> bool:
+        """Whether a batch flush is due."""
+        if count == 0:
+            return False
+        if count >= self.flush_at or size * 2 >= self.buffer_limit:
+            return True
+        return oldest is not None and now - oldest >= self.interval_s
+
+    def saw_start(self) -> None:
+        self.untraced = False
+
+    def missed_start(self) -> None:
+        self.untraced = True

@@ -1,0 +1,133 @@
+"""The Unix socket the function's process writes frames to.
+
+Its listening end is created before the extension registers (``_listener``), so that it exists by
+the time the function starts. A thread accepts connections for as long as the environment runs (including while the main
+thread waits in next) and each connection gets a thread that reads frames until it closes. A
+bad header closes that connection: the rest of its stream cannot be trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+
+from posthog_lambda import _frames
+
+from . import _log
+from ._listener import listen
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._intake import Intake
+
+READ_SIZE = 256 * 1024
+MAX_CONNECTIONS = 64
+"""A function has a handful of processes; more connections than this are a runaway writer."""
+
+
+class FrameServer:
+    def __init__(self, path: str, intake: Intake) -> None:
+        self.path = path
+        self.intake = intake
+        self._listener: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._connections: dict[socket.socket, threading.Thread] = {}
+        self._closed = False
+        self._accepter: threading.Thread | None = None
+
+    def start(self, listener: socket.socket | None = None) -> bool:
+        """Accept connections on ``listener`` (made by ``_listener.listen``, or here if None);
+        False if there is no socket to listen on."""
+        if listener is None:
+            listener = listen(self.path)
+            if listener is None:
+                return False
+        self._listener = listener
+        self._accepter = threading.Thread(target=self._accept, name="posthog-lambda-accept", daemon=True)
+        self._accepter.start()
+        return True
+
+    def close(self, join_timeout: float = 2.0) -> None:
+        """Stop accepting, close every connection, join the threads and remove the socket file."""
+        with self._lock:
+            self._closed = True
+            listener, self._listener = self._listener, None
+            connections = dict(self._connections)
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+            listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)  # wakes recv()
+        current = threading.current_thread()
+        for thread in [*connections.values(), self._accepter]:
+            if thread is not None and thread is not current:
+                thread.join(join_timeout)
+
+    @property
+    def connections(self) -> int:
+        with self._lock:
+            return len(self._connections)
+
+    def _accept(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        failures = 0
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError as exc:
+                with self._lock:
+                    if self._closed:
+                        return
+                failures += 1
+                _log.once(f"accept:{exc.errno}", f"accepting a connection on {self.path} failed: {exc}")
+                # Out of file descriptors and the like: let the function's side close some.
+                threading.Event().wait(min(1.0, 0.01 * 2**failures))
+                continue
+            failures = 0
+            self._serve(connection)
+
+    def _serve(self, connection: socket.socket) -> None:
+        with self._lock:
+            closed = self._closed
+            crowded = len(self._connections) >= MAX_CONNECTIONS
+            if not (closed or crowded):
+                thread = threading.Thread(
+                    target=self._read, args=(connection,), name="posthog-lambda-connection", daemon=True
+                )
+                self._connections[connection] = thread
+        if closed or crowded:
+            if crowded and not closed:
+                _log.once("connections", f"more than {MAX_CONNECTIONS} connections on {self.path}; refusing more")
+            connection.close()
+            return
+        try:
+            thread.start()
+        except RuntimeError as exc:  # no thread to be had: lose this connection, keep accepting
+            _log.once("thread", f"cannot read a connection on {self.path}: {exc}")
+            with self._lock:
+                self._connections.pop(connection, None)
+            connection.close()
+
+    def _read(self, connection: socket.socket) -> None:
+        reader = _frames.Reader()
+        source = f"a connection to {self.path}"
+        try:
+            while data := connection.recv(READ_SIZE):
+                if not self.intake.feed(reader, data, source):
+                    break
+        except OSError as exc:
+            _log.debug(f"connection to {self.path} failed: {exc}")
+        except Exception as exc:  # a bug must cost one connection, never the extension
+            _log.once(f"read:{type(exc).__name__}", f"reading frames failed unexpectedly: {exc!r}")
+        finally:
+            with self._lock:
+                self._connections.pop(connection, None)
+            connection.close()
+            self.intake.finish(reader, source)

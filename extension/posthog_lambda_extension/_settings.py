@@ -1,0 +1,123 @@
+"""The extension's configuration, read once from the environment at start-up.
+
+A value that cannot be used never stops the extension: it falls back to the default (or, for
+the key and host, to discarding events) and leaves one line in ``problems`` to log.
+"""
+
+from __future__ import annotations
+
+from posthog_lambda import constants
+from posthog_lambda._frames import DEFAULT_SOCKET, DEFAULT_SPOOL
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+DEFAULT_NAME = "posthog-lambda"
+DEFAULT_HOST = "https://us.i.posthog.com"
+MODES = ("adaptive", "end", "batch")
+DEFAULT_FLUSH_AT = 10
+DEFAULT_FLUSH_INTERVAL_MS = 2000
+DEFAULT_MEMORY_MB = 128
+MIN_BUFFER_BYTES = 1024 * 1024
+"""Room for a few ordinary events; smaller buffers would drop most traces on arrival."""
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+class Settings:
+    __slots__ = (
+        "_env",
+        "api_key",
+        "buffer_bytes",
+        "debug",
+        "disabled",
+        "flush_at",
+        "flush_interval_ms",
+        "host",
+        "mode",
+        "name",
+        "problems",
+        "socket_path",
+        "spool_dir",
+    )
+
+    def __init__(self, environ: Mapping[str, str], argv: Sequence[str] = ()) -> None:
+        self.problems: list[str] = []
+        self._env = environ
+        self.name = argv[0].rsplit("/", 1)[-1] if argv and argv[0] else DEFAULT_NAME
+        self.debug = self._flag(constants.POSTHOG_LAMBDA_DEBUG, False)
+        self.disabled = self._flag(constants.POSTHOG_DISABLED, False)
+        self.api_key = environ.get(constants.POSTHOG_API_KEY, "").strip() or None
+        self.host = self._host()
+        mode = environ.get(constants.POSTHOG_LAMBDA_FLUSH, "").strip().lower() or "adaptive"
+        if mode not in MODES:
+            self._problem(constants.POSTHOG_LAMBDA_FLUSH, mode, "is not one of adaptive, end, batch; using adaptive")
+            mode = "adaptive"
+        self.mode = mode
+        self.flush_at = self._positive(constants.POSTHOG_FLUSH_AT, DEFAULT_FLUSH_AT)
+        self.flush_interval_ms = self._positive(constants.POSTHOG_FLUSH_INTERVAL, DEFAULT_FLUSH_INTERVAL_MS)
+        memory_mb = self._positive("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", DEFAULT_MEMORY_MB)
+        buffer_bytes = self._positive(constants.POSTHOG_LAMBDA_BUFFER_BYTES, memory_mb * 1024 * 1024 // 10)
+        if buffer_bytes < MIN_BUFFER_BYTES:
+            self._problem(
+                constants.POSTHOG_LAMBDA_BUFFER_BYTES, str(buffer_bytes), f"is too small; using {MIN_BUFFER_BYTES}"
+            )
+            buffer_bytes = MIN_BUFFER_BYTES
+        self.buffer_bytes = buffer_bytes
+        self.socket_path = environ.get(constants.POSTHOG_LAMBDA_SOCKET, "").strip() or DEFAULT_SOCKET
+        self.spool_dir = environ.get(constants.POSTHOG_LAMBDA_SPOOL_DIR, "").strip() or DEFAULT_SPOOL
+
+    @property
+    def discard_reason(self) -> str | None:
+        """Why events are discarded instead of sent (a drop reason), or None when they are sent."""
+        if self.disabled:
+            return "events_disabled"
+        if self.api_key is None:
+            return "events_no_api_key"
+        if self.host is None:
+            return "events_bad_host"
+        return None
+
+    def _problem(self, name: str, value: str, why: str) -> None:
+        self.problems.append(f"{name}={value!r} {why}")
+
+    def _flag(self, name: str, default: bool) -> bool:
+        raw = self._env.get(name)
+        if raw is None:
+            return default
+        value = raw.strip().lower()
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        self._problem(name, raw, f"is not true or false; using {str(default).lower()}")
+        return default
+
+    def _positive(self, name: str, default: int) -> int:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            self._problem(name, raw, f"is not a positive integer; using {default}")
+            return default
+        return value
+
+    def _host(self) -> str | None:
+        raw = self._env.get(constants.POSTHOG_HOST, "").strip() or DEFAULT_HOST
+        host = raw.rstrip("/")
+        if "://" not in host:
+            host = "https://" + host
+        scheme, _, rest = host.partition("://")
+        if scheme.lower() not in ("http", "https") or not rest or rest.startswith("/"):
+            self._problem(
+                constants.POSTHOG_HOST,
+                raw,
+                "is not an http(s) URL such as https://us.i.posthog.com; events from the function are discarded",
+            )
+            return None
+        return f"{scheme.lower()}://{rest}"
