@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/span_cost.py --write
 	$(BIN)/python bench/import_cost.py --write
 	$(BIN)/python bench/emulator_latency.py --write
+	$(BIN)/python bench/e2e_overhead.py --write
 
 lock:
 	rm -rf /tmp/posthog-lambda-lock && $(PYTHON) -m venv /tmp/posthog-lambda-lock
