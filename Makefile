@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/import_cost.py --write
 	$(BIN)/python bench/emulator_latency.py --write
 	$(BIN)/python bench/e2e_overhead.py --write
+	$(BIN)/python bench/extension_start.py --write
 
 lock:
 	rm -rf /tmp/posthog-lambda-lock && $(PYTHON) -m venv /tmp/posthog-lambda-lock

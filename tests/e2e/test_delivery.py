@@ -158,3 +158,37 @@ def test_garbage_on_the_socket_does_not_stop_the_extension(deployment: Deploymen
     assert trace_tree_problems(traced) == []
     reports = [e for e in events if e["event"] == "posthog_lambda_dropped"]
     assert sum(r["properties"]["posthog_lambda_dropped_total"] for r in reports) == 2
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_permanent_outage_keeps_memory_bounded_and_counts_the_loss(deployment: Deployment) -> None:
+    deployment.code(TRACED)
+    posthog = deployment.posthog
+    posthog.fail_next(100_000, status=503)  # PostHog is down for the whole run
+    big = 20_000  # about 20 KB per invocation: 1,000 of them are 20 times the buffer
+    with deployment.environment("end", POSTHOG_LAMBDA_BUFFER_BYTES=str(1024 * 1024)) as env:
+        for n in range(1000):
+            assert env.invoke({"q": f"q{n}", "big": big}).status == "success"
+            if n == 100:
+                pid = env.pids()["posthog-lambda"]
+                early = _rss_mb(pid)
+        late = _rss_mb(pid)
+        posthog.clear()  # PostHog is back for the shutdown flush
+        env.shutdown()
+    # The buffer's bound holds: the extension did not grow with the 20 MB it could not send.
+    assert late - early < 8
+    reports = [e.event for e in posthog.events if e.name == "posthog_lambda_dropped"]
+    assert reports
+    assert sum(r["properties"]["posthog_lambda_dropped_total"] for r in reports) > 500
+    delivered = [e for e in posthog.events if e.name != "posthog_lambda_dropped"]
+    # What it kept (the newest, up to the bound) still arrives, once each.
+    assert delivered
+    assert posthog.duplicates == 0
+    assert sum(len(str(e.event)) for e in delivered) < 2 * 1024 * 1024
