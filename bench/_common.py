@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import os
 import platform
 import shlex
@@ -89,3 +90,14 @@ def write_section(name: str, body: str) -> None:
         raise SystemExit(f"{BENCHMARKS_MD} has no {start} ... {end} pair to rewrite")
     BENCHMARKS_MD.write_text(f"{before}{start}\n{body.strip()}\n{end}{after}", encoding="utf-8")
     print(f"rewrote the {name} section of {BENCHMARKS_MD.name}")
+
+
+def build_layer(into: Path) -> Path:
+    """The layer's content root, laid out by layer/build.py (the same recipe as make layer)."""
+    spec = importlib.util.spec_from_file_location("layer_build", ROOT / "layer" / "build.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    built: Path = module.build(into)
+    return built

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, SRC, median, p99, run_description, write_section
+from _common import SRC, build_layer, median, p99, run_description, write_section
 
 INVOCATIONS = 100
 TARGET_LATENCY_MS = 0.2
@@ -92,16 +91,6 @@ POSTHOG_PYTHON_DEPENDENCIES = (
     "distro",
     "typing-extensions",
 )
-
-
-def build_layer(into: Path) -> Path:
-    spec = importlib.util.spec_from_file_location("layer_build", ROOT / "layer" / "build.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    built: Path = module.build(into)
-    return built
 
 
 def environment(name: str, source: str, root: Path, layer: Path | None, env: dict[str, str]) -> Any:

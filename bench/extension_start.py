@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import importlib.util
 import json
 import os
 import subprocess
@@ -26,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, median, p99, run_description, write_section
+from _common import build_layer, median, p99, run_description, write_section
 
 ROUNDS = 20
 TARGET_MS = 40.0
@@ -71,16 +70,6 @@ class FakeExtensionsApi:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def build_layer(into: Path) -> Path:
-    spec = importlib.util.spec_from_file_location("layer_build", ROOT / "layer" / "build.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    built: Path = module.build(into)
-    return built
 
 
 def start_once(bootstrap: Path, tmp: Path) -> tuple[float, float]:
