@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._api import ExtensionsApi
+    from ._secrets import KeyStore
     from ._sender import Sender
 
 END_MARGIN_S = 0.2
@@ -43,6 +44,9 @@ FLUSH_BUDGET_S = 5.0
 """The most one flush during an invocation may take, retries included: a PostHog outage must
 not make every invocation last until its timeout. SHUTDOWN uses all the time it has."""
 SHUTDOWN_DEFAULT_S = 2.0
+KEY_WAIT_S = 1.0
+"""The most a flush waits for a key still being read from a secret store (started at Init, it is
+normally there long before); events stay buffered meanwhile. SHUTDOWN waits until its deadline."""
 
 
 class Extension:
@@ -58,10 +62,16 @@ class Extension:
         self.spool = Spool(settings.spool_dir, self.intake)
         self.policy = Policy(settings.mode, settings.flush_at, settings.flush_interval_ms / 1000, settings.buffer_bytes)
         self.sender: Sender | None = None
+        self.key_store: KeyStore | None = None
+        """Set while the key is read from a secret store, and after for re-reading it."""
         if self.intake.discard is None and settings.host is not None and settings.api_key is not None:
             from ._sender import Sender
 
             self.sender = Sender(settings.host, settings.api_key, self.buffer, clock=clock)
+        elif self.intake.discard is None and settings.key_store is not None:
+            from ._secrets import KeyStore
+
+            self.key_store = KeyStore(*settings.key_store)
         self._starts = 0
 
     def run(self, api: ExtensionsApi, identifier: str, listener: socket.socket | None) -> int:
@@ -69,6 +79,8 @@ class Extension:
         until SHUTDOWN; 0."""
         if listener is not None:
             self.server.start(listener)
+        if self.key_store is not None:
+            self.key_store.start()  # registered already: read while Lambda starts the runtime
         self._announce()
         while True:
             event = next_event(api, identifier)
@@ -96,8 +108,11 @@ class Extension:
         elif reason == "events_no_api_key":
             _log.warn(
                 "POSTHOG_API_KEY is not set: events from the function are discarded (counted); "
-                "set it to your PostHog project API key (phc_...)"
+                "set it to your PostHog project API key (phc_...), or name a secret holding it in "
+                "POSTHOG_API_KEY_SECRET_ARN or POSTHOG_API_KEY_SSM_PARAMETER"
             )
+        if self.key_store is not None:
+            _log.debug(f"reading the PostHog API key from {self.key_store.describe()}")
         _log.debug(
             f"listening on {self.settings.socket_path}; flush {self.settings.mode}, "
             f"buffer {self.settings.buffer_bytes} bytes, host {self.settings.host}"
@@ -113,7 +128,7 @@ class Extension:
         if self.invocations.starts != self._starts:
             self._starts = self.invocations.starts
             self.policy.saw_start()
-        if self.sender is None:
+        if self._sender(now) is None and self.key_store is None:
             return
         stats = self.buffer.stats()
         action = self.policy.on_invoke(now, stats.count, stats.size, stats.oldest)
@@ -160,11 +175,12 @@ class Extension:
         _log.debug(f"SHUTDOWN ({event.get('shutdownReason')}), {deadline - now:.3f} s to flush")
         try:
             self.spool.drain()
-            if self.sender is not None:
+            if self.sender is not None or self.key_store is not None:
                 self.flush(deadline, force=True)
                 left = len(self.buffer)
                 if left:
                     _log.warn(f"{left} events could not be sent to PostHog before shutdown and are lost")
+            if self.sender is not None:
                 self.sender.close()
         finally:
             self.server.close(join_timeout=0.1)
@@ -176,7 +192,7 @@ class Extension:
     # -- flushing -------------------------------------------------------------------------------
 
     def flush(self, deadline: float, *, force: bool = False) -> None:
-        sender = self.sender
+        sender = self._sender(deadline if force else min(deadline, self._clock() + KEY_WAIT_S))
         if sender is None or not sender.ready(force):
             return
         counts = self.drops.take()
@@ -190,6 +206,29 @@ class Extension:
         if sender.refused is not None:
             self.intake.discard = "events_api_key_refused"
             self.buffer.discard("events_api_key_refused")
+
+    def _sender(self, wait_until: float) -> Sender | None:
+        """The sender, made once a key read from a secret store is there (waiting for it until
+        ``wait_until`` at most); None while it is not, or when there is no key."""
+        store = self.key_store
+        if self.sender is not None or store is None:
+            return self.sender
+        done, key = store.wait(wait_until - self._clock())
+        if not done:
+            return None  # still reading: events stay buffered
+        if key is None:  # failed, said by the store: from now on as without a key
+            self.key_store = None
+            self.intake.discard = "events_no_api_key"
+            self.buffer.discard("events_no_api_key")
+            return None
+        from ._sender import Sender
+
+        host = self.settings.host
+        assert host is not None  # a store is only used when events are not discarded for the host
+        self.sender = Sender(
+            host, key, self.buffer, clock=self._clock, key_origin=store.describe(), refetch=store.refetch
+        )
+        return self.sender
 
     def _deadline(self, deadline_ms: object, margin: float, default: float) -> float:
         """A deadline in Unix ms as a time on this extension's clock, ``margin`` seconds earlier."""

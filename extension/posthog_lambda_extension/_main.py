@@ -2,8 +2,9 @@
 
 Lambda starts the function's runtime only once every extension has registered, so before
 registering the extension loads only its settings, the socket's listening end and the
-Extensions API client; the rest (buffer, frame server, sender) loads while the runtime starts.
-Connections made meanwhile wait in the socket's backlog.
+Extensions API client; the rest (buffer, frame server, sender) loads while the runtime starts,
+and so does a key kept in a secret store (``_secrets``: boto3 and powertools are imported only
+then). Connections made meanwhile wait in the socket's backlog.
 """
 
 from __future__ import annotations

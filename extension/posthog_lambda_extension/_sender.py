@@ -14,8 +14,10 @@ unknown outcome is deduplicated by PostHog. What each answer means:
   its size if it was already smaller) and dropped if refused again.
 - 404 on the AI endpoint (older self-hosted PostHog): from then on ``$ai_*`` events go to
   ``/batch/``, cut to its 900 KiB per-event limit.
-- 401/403: the key is wrong and will not change for this environment's life: said once, and
-  nothing more is sent (the caller discards events from then on, counted).
+- 401/403: the key is wrong. A key from a secret store (``refetch``) is read again, at most
+  once until something is delivered (no loop); if it changed (rotated), the refused request
+  is resent with the new key. Otherwise the key will not change for this environment's life:
+  said once, and nothing more is sent (the caller discards events from then on, counted).
 - Anything else (a redirect, 404 on ``/batch/``): said once, events kept, flushes back off.
 
 ``http.client``, ``ssl`` and ``zlib`` load on the first flush, not at start-up.
@@ -91,7 +93,11 @@ class Sender:
         chunk_bytes: int = CHUNK_BYTES,
         clock: Callable[[], float] = time.monotonic,
         pause: Callable[[float], None] = time.sleep,
+        key_origin: str = "POSTHOG_API_KEY",
+        refetch: Callable[[float], str] | None = None,
     ) -> None:
+        """``key_origin`` says where the key came from; ``refetch(timeout_s)`` reads it again from
+        there (raising on failure), None when it cannot change."""
         self.host = host
         self.buffer = buffer
         self.base_delay = base_delay
@@ -99,8 +105,11 @@ class Sender:
         self.chunk_bytes = chunk_bytes
         self._clock = clock
         self._pause = pause
-        self._key = api_key
-        self._key_json = json.dumps(api_key).encode()
+        self._set_key(api_key)
+        self.key_origin = key_origin
+        self._refetch = refetch
+        self._refetched = False
+        """A refused key was read again and nothing was delivered since: not again (no loop)."""
         scheme, _, rest = host.partition("://")
         self._https = scheme == "https"
         self._netloc, _, path = rest.partition("/")
@@ -152,6 +161,7 @@ class Sender:
             if 200 <= status < 300:
                 self.buffer.ack(chunk)
                 result.sent += len(chunk)
+                self._refetched = False
             elif status == 400 and len(chunk) > 1:
                 work.extendleft(reversed(_halves(path, chunk)))
             elif status == 400:
@@ -174,9 +184,13 @@ class Sender:
                 )
                 work.extendleft(reversed(self._chunks(chunk)))
             elif status in (401, 403):
+                renewed, outcome = self._renew_key(deadline, status)
+                if renewed:
+                    work.appendleft((path, chunk))
+                    continue
                 self.refused = (
                     f"PostHog at {self.host} refused the project API key {mask(self._key)} ({status}: {detail}); "
-                    f"check POSTHOG_API_KEY. Nothing more will be sent from this environment"
+                    f"{outcome}check {self.key_origin}. Nothing more will be sent from this environment"
                 )
                 _log.warn(self.refused)
                 self.close()
@@ -193,6 +207,29 @@ class Sender:
                 )
                 result.stopped = "unexpected"
                 return
+
+    def _renew_key(self, deadline: float, status: int) -> tuple[bool, str]:
+        """After a refusal: whether the key was read again and changed; else what the attempt
+        found, to say in the refusal's line."""
+        if self._refetch is None or self._refetched:
+            return False, ""
+        self._refetched = True
+        try:
+            key = self._refetch(max(0.0, deadline - self._clock()))
+        except Exception as exc:
+            return False, f"reading it again failed ({exc}); "
+        if key == self._key:
+            return False, "it is unchanged in its store; "
+        _log.warn(
+            f"PostHog at {self.host} refused the project API key {mask(self._key)} ({status}); "
+            f"{self.key_origin} now holds {mask(key)}: sending with it"
+        )
+        self._set_key(key)
+        return True, ""
+
+    def _set_key(self, key: str) -> None:
+        self._key = key
+        self._key_json = json.dumps(key).encode()
 
     def _chunks(self, entries: list[Entry]) -> list[tuple[str, list[Entry]]]:
         ai: list[Entry] = []

@@ -1,7 +1,8 @@
 """The extension's configuration, read once from the environment at start-up.
 
 A value that cannot be used never stops the extension: it falls back to the default (or, for
-the key and host, to discarding events) and leaves one line in ``problems`` to log.
+the key and host, to discarding events) and leaves one line in ``problems`` to log. A key kept
+in a secret store is only named here; ``_secrets`` reads it once the extension has registered.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Settings:
         "flush_at",
         "flush_interval_ms",
         "host",
+        "key_store",
         "mode",
         "name",
         "problems",
@@ -49,6 +51,7 @@ class Settings:
         self.debug = self._flag(constants.POSTHOG_LAMBDA_DEBUG, False)
         self.disabled = self._flag(constants.POSTHOG_DISABLED, False)
         self.api_key = environ.get(constants.POSTHOG_API_KEY, "").strip() or None
+        self.key_store = self._key_store()
         self.host = self._host()
         mode = environ.get(constants.POSTHOG_LAMBDA_FLUSH, "").strip().lower() or "adaptive"
         if mode not in MODES:
@@ -73,11 +76,26 @@ class Settings:
         """Why events are discarded instead of sent (a drop reason), or None when they are sent."""
         if self.disabled:
             return "events_disabled"
-        if self.api_key is None:
+        if self.api_key is None and self.key_store is None:
             return "events_no_api_key"
         if self.host is None:
             return "events_bad_host"
         return None
+
+    def _key_store(self) -> tuple[str, str] | None:
+        """The variable naming where to read the key, and its value: the secret wins over the
+        parameter, and an explicit POSTHOG_API_KEY over both (each one ignored is a problem)."""
+        winner = constants.POSTHOG_API_KEY if self.api_key is not None else None
+        store = None
+        for variable in (constants.POSTHOG_API_KEY_SECRET_ARN, constants.POSTHOG_API_KEY_SSM_PARAMETER):
+            name = self._env.get(variable, "").strip()
+            if not name:
+                continue
+            if winner is not None:
+                self._problem(variable, name, f"is ignored: {winner} is set and takes precedence")
+                continue
+            winner, store = variable, (variable, name)
+        return store
 
     def _problem(self, name: str, value: str, why: str) -> None:
         self.problems.append(f"{name}={value!r} {why}")

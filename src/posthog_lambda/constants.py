@@ -85,3 +85,18 @@ without sending anything. Default ``false``."""
 POSTHOG_LAMBDA_BUFFER_BYTES = "POSTHOG_LAMBDA_BUFFER_BYTES"
 """Most bytes of events the extension keeps while PostHog cannot take them; beyond it the oldest
 are dropped and counted. Default: a tenth of the function's memory (12.8 MB at 128 MB)."""
+
+POSTHOG_API_KEY_SECRET_ARN = "POSTHOG_API_KEY_SECRET_ARN"
+"""Extension: ARN or name of an AWS Secrets Manager secret holding the project API key, either
+as the whole value or as a JSON object's ``POSTHOG_API_KEY`` or ``api_key`` field. Read with
+aws-lambda-powertools after the extension registered; when PostHog refuses the key (401/403) it
+is read again once, so a rotated key is picked up. Needs ``secretsmanager:GetSecretValue`` (and
+``kms:Decrypt`` for a customer managed key). Default: unset. Precedence: ``POSTHOG_API_KEY``, then
+this, then ``POSTHOG_API_KEY_SSM_PARAMETER``. If it cannot be read, one line says why and events
+are discarded (counted)."""
+
+POSTHOG_API_KEY_SSM_PARAMETER = "POSTHOG_API_KEY_SSM_PARAMETER"
+"""Extension: name of an SSM Parameter Store parameter (SecureString, read decrypted) holding
+the project API key, read and re-read like ``POSTHOG_API_KEY_SECRET_ARN``, which wins over it
+(as ``POSTHOG_API_KEY`` wins over both). Needs ``ssm:GetParameter`` (and ``kms:Decrypt`` for a
+customer managed key). Default: unset."""
