@@ -5,7 +5,7 @@ to the register call is added to every cold start. The extension is started as t
 launcher would start it (``python -I -S bootstrap.py posthog-lambda``, from a layer laid out by
 ``layer/build.py``) against a small stand-in for the Extensions API that notes when register
 and the first ``next`` arrive. Baseline in the same run: a bare ``python -I -S -c pass``. With
-and without bytecode files (the layer currently ships sources only).
+and without bytecode files (the layer ships bytecode for the version that built it).
 
     .venv/bin/python bench/extension_start.py [--write] [--rounds N]
 """
@@ -13,7 +13,6 @@ and without bytecode files (the layer currently ships sources only).
 from __future__ import annotations
 
 import argparse
-import compileall
 import json
 import os
 import subprocess
@@ -119,8 +118,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         sources = build_layer(tmp / "sources") / "posthog-lambda-extension"
-        compiled = build_layer(tmp / "compiled") / "posthog-lambda-extension"
-        compileall.compile_dir(str(compiled), quiet=1)
+        compiled = build_layer(tmp / "compiled") / "posthog-lambda-extension"  # as built: with bytecode
         samples: dict[str, list[float]] = {"bare": [], "sources": [], "compiled": [], "rss": []}
         for variant in (sources, compiled):  # warm-up: page cache
             start_once(variant / "bootstrap.py", tmp)
@@ -145,16 +143,20 @@ def main() -> None:
         "|---|---:|---:|---:|",
         f"| bare interpreter start and exit | {bare:.1f} ms | {p99(samples['bare']):.1f} ms | 1.0x |",
     ]
-    for name, label in (("compiled", "exec to register, with bytecode"), ("sources", "exec to register, sources only")):
+    variants = (
+        ("compiled", "exec to register, the layer as built (with bytecode)"),
+        ("sources", "exec to register, sources only (a runtime version without matching bytecode)"),
+    )
+    for name, label in variants:
         values = samples[name]
         lines.append(f"| {label} | {median(values):.1f} ms | {p99(values):.1f} ms | {median(values) / bare:.1f}x |")
     rss = median(samples["rss"])
     lines.append(f"| RSS waiting in next | {rss:.1f} MB | {p99(samples['rss']):.1f} MB | |")
-    worst = median(samples["sources"])
+    shipped = median(samples["compiled"])
     lines += [
         "",
-        f"target: register within {TARGET_MS:.0f} ms of exec: {'MET' if worst <= TARGET_MS else 'MISSED'} "
-        f"({worst:.1f} ms without bytecode, {median(samples['compiled']):.1f} ms with)",
+        f"target: register within {TARGET_MS:.0f} ms of exec: {'MET' if shipped <= TARGET_MS else 'MISSED'} "
+        f"({shipped:.1f} ms as built; {median(samples['sources']):.1f} ms from sources only)",
         f"target: idle RSS at most {TARGET_RSS_MB:.0f} MB: "
         f"{'MET' if rss <= TARGET_RSS_MB else 'MISSED'} ({rss:.1f} MB)",
     ]

@@ -10,6 +10,8 @@ python layer/build.py OUT_DIR
 
 from __future__ import annotations
 
+import compileall
+import py_compile
 import shutil
 import stat
 import sys
@@ -62,7 +64,16 @@ def build(out: Path) -> Path:
     shutil.copytree(
         LIBRARY, out / "python" / "posthog_lambda", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "local")
     )
+    _compile(out)
     return out
+
+
+def _compile(out: Path) -> None:
+    """Ship bytecode for the building interpreter's version: /opt is read-only on Lambda, so
+    without it every cold start compiles the extension before it can register (about twice as
+    long). Unchecked hashes: the zip's timestamps must not make them stale."""
+    for directory in (out / EXTENSION_DIR, out / "python"):
+        compileall.compile_dir(str(directory), quiet=1, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
 
 
 if __name__ == "__main__":
