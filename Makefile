@@ -5,14 +5,22 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: test lint typecheck unit bench lock clean
+.PHONY: test lint typecheck unit bench lock clean layer demo
 
 $(STAMP): requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -r requirements/dev.txt
 	touch $@
 
-test: lint typecheck unit
+test: lint typecheck layer unit
+
+# The layer's content root and zip; sam build runs the same recipe (layer/build.py).
+layer: $(STAMP)
+	$(BIN)/python layer/build.py build/layer build/posthog-lambda-layer.zip
+
+# The README's main command: the example app in the local Lambda environment with the layer.
+demo: layer
+	$(BIN)/python examples/demo.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -24,12 +32,13 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-bench: $(STAMP)
+bench: layer
 	$(BIN)/python bench/span_cost.py --write
 	$(BIN)/python bench/import_cost.py --write
 	$(BIN)/python bench/emulator_latency.py --write
 	$(BIN)/python bench/e2e_overhead.py --write
 	$(BIN)/python bench/extension_start.py --write
+	$(BIN)/python bench/layer_size.py --write
 
 lock:
 	rm -rf /tmp/posthog-lambda-lock && $(PYTHON) -m venv /tmp/posthog-lambda-lock
@@ -38,4 +47,4 @@ lock:
 	  /tmp/posthog-lambda-lock/bin/pip freeze ) > requirements/dev.txt
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache

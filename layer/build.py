@@ -5,7 +5,7 @@ posthog-lambda-extension/          the extension's code and a private copy of th
                                    on no path but its own (the function cannot break it)
 python/posthog_lambda/             the library, importable by the function
 
-python layer/build.py OUT_DIR
+python layer/build.py OUT_DIR [ZIP]   (make layer: build/layer and build/posthog-lambda-layer.zip)
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import py_compile
 import shutil
 import stat
 import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +77,23 @@ def _compile(out: Path) -> None:
         compileall.compile_dir(str(directory), quiet=1, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
 
 
+def zip_layer(root: Path, archive: Path) -> Path:
+    """The layer zip: the content root's files, executable bits kept, in a stable order."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zipped:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                info = zipfile.ZipInfo(str(path.relative_to(root)), date_time=(2026, 1, 1, 0, 0, 0))
+                info.external_attr = (path.stat().st_mode & 0o777 | 0o100000) << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zipped.writestr(info, path.read_bytes())
+    return archive
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
-    print(build(Path(sys.argv[1])))
+    built = build(Path(sys.argv[1]))
+    print(built)
+    if len(sys.argv) == 3:
+        print(zip_layer(built, Path(sys.argv[2])))

@@ -26,8 +26,12 @@ def _build_module() -> Any:
 
 
 @pytest.fixture(scope="session")
-def layer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    built: Path = _build_module().build(tmp_path_factory.mktemp("layer") / "root")
+def layer_dir() -> Path:
+    """build/layer exactly as `make layer` built it (`make test` builds it first); built here
+    with the same recipe only when a test run started without it."""
+    built = ROOT / "build" / "layer"
+    if not (built / "extensions" / "posthog-lambda").exists():
+        _build_module().build(built)
     return built
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -192,3 +193,31 @@ def test_a_permanent_outage_keeps_memory_bounded_and_counts_the_loss(deployment:
     assert delivered
     assert posthog.duplicates == 0
     assert sum(len(str(e.event)) for e in delivered) < 2 * 1024 * 1024
+
+
+def test_the_functions_own_old_posthog_and_requests_break_nothing(deployment: Deployment) -> None:
+    """The function bundles old, conflicting packages; the extension (isolated in its own
+    directory) still delivers, and the function still imports what it bundled."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "llm_app" / "app.py"
+    (deployment.function / "example.py").write_text(example.read_text())
+    for package, version in (("posthog", "1.4.0"), ("requests", "2.0.0")):
+        (deployment.function / package).mkdir()
+        (deployment.function / package / "__init__.py").write_text(
+            f'__version__ = "{version}"\nVERSION = __version__\n'
+            "def __getattr__(name):\n    raise ImportError(f'this old {__name__} has no {name}')\n"
+        )
+    deployment.code(
+        "import posthog, requests\n"
+        "import example\n"
+        "def handler(event, context):\n"
+        "    answer = example.handler(event, context)\n"
+        "    return {'posthog': posthog.__version__, 'requests': requests.__version__, 'answer': answer}\n"
+    )
+    with deployment.environment() as env:
+        result = env.invoke({"question": "What does an extension do?", "user": "ada"})
+        env.shutdown()
+    assert result.status == "success"
+    assert result.payload["posthog"] == "1.4.0"
+    assert result.payload["requests"] == "2.0.0"
+    events = assert_exactly_once(deployment, 4)
+    assert {e["event"] for e in events} == {"$ai_trace", "$ai_span", "$ai_generation"}

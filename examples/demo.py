@@ -1,0 +1,69 @@
+"""The README's main command (`make demo`): the whole product, locally, in one run.
+
+Runs the example LLM app (examples/llm_app) in the local Lambda environment with the layer as
+`make layer` built it (build/layer: the extension and the library), a few invocations including
+a failing one, then shuts the environment down and prints what PostHog received as trace trees,
+with each invocation's response latency and post-runtime duration. Events go to a local
+capture server, or to real PostHog when POSTHOG_API_KEY is set (POSTHOG_HOST, default US).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from posthog_lambda.local import CaptureServer, LambdaEnvironment  # noqa: E402
+
+QUESTIONS = [
+    {"question": "What does an extension do in Lambda?", "user": "ada", "conversation": "c-1"},
+    {"question": "Where is a layer extracted?", "user": "ada", "conversation": "c-1"},
+    {"question": "", "user": "grace", "conversation": "c-2"},  # fails: an empty question
+    {"question": "What does PostHog show for LLM apps?", "user": "grace", "conversation": "c-2"},
+]
+
+
+def main() -> int:
+    layer = ROOT / "build" / "layer"
+    if not (layer / "extensions" / "posthog-lambda").exists():
+        print("build/layer is missing: run `make demo` (it builds the layer first)", file=sys.stderr)
+        return 1
+    real_key = os.environ.get("POSTHOG_API_KEY")
+    with CaptureServer() as local_posthog:
+        if real_key:
+            host = os.environ.get("POSTHOG_HOST", "https://us.i.posthog.com")
+            env = {"POSTHOG_API_KEY": real_key, "POSTHOG_HOST": host}
+            print(f"sending to {host} (POSTHOG_API_KEY is set)\n")
+        else:
+            env = {"POSTHOG_API_KEY": "phc_local", "POSTHOG_HOST": local_posthog.url}
+            print(f"sending to a local PostHog capture server at {local_posthog.url}\n")
+        env["POSTHOG_LAMBDA_FLUSH"] = os.environ.get("POSTHOG_LAMBDA_FLUSH", "end")
+        with LambdaEnvironment(
+            ROOT / "examples" / "llm_app", "app.handler", layer_dir=layer, env=env, timeout_s=10
+        ) as lambda_env:
+            for number, event in enumerate(QUESTIONS, start=1):
+                result = lambda_env.invoke(event)
+                cold = f", cold start {result.init.duration_ms:.0f} ms" if result.init else ""
+                outcome = result.error["errorMessage"] if result.error else result.payload.get("statusCode")
+                print(
+                    f"invocation {number}: {result.status} ({outcome}): response latency "
+                    f"{result.response_latency_ms:.2f} ms, post-runtime {result.post_runtime_ms:.2f} ms{cold}"
+                )
+            shutdown = lambda_env.shutdown()
+        for extension in shutdown.extensions:
+            ending = "killed at the deadline" if extension.killed else f"exited after {extension.exit_ms:.0f} ms"
+            print(f"shutdown: extension {extension.name} {ending} (deadline {shutdown.deadline_ms:.0f} ms)")
+        if real_key:
+            print("\nIn PostHog: LLM analytics > Traces; the four traces are named 'ask'.")
+            return 0
+        local_posthog.wait_for_events(sum(1 for q in QUESTIONS if q["question"]) * 4 + 2, timeout=10)
+        print(f"\nPostHog received {len(local_posthog.events)} events:\n")
+        print(local_posthog.trace_tree())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
