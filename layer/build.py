@@ -11,9 +11,11 @@ python layer/build.py OUT_DIR [ZIP]   (make layer: build/layer and build/posthog
 from __future__ import annotations
 
 import compileall
+import importlib.metadata
 import py_compile
 import shutil
 import stat
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -62,11 +64,62 @@ def build(out: Path) -> Path:
     shutil.copytree(EXTENSION, private / "posthog_lambda_extension", ignore=_SKIP)
     shutil.copytree(LIBRARY, private / "posthog_lambda", ignore=_SKIP)
     (private / "bootstrap.py").write_text(BOOTSTRAP)
+    _bundle_secret_store_client(private)
     shutil.copytree(
         LIBRARY, out / "python" / "posthog_lambda", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "local")
     )
     _compile(out)
     return out
+
+
+# The extension reads its key from Secrets Manager or SSM with aws-lambda-powertools (boto3 comes
+# from the runtime's /var/runtime). Only what its Parameters utility needs is shipped: the rest of
+# powertools (event handlers, parsers, idempotency...) would be most of the layer's size.
+BUNDLED = ("aws-lambda-powertools", "jmespath", "typing-extensions")
+POWERTOOLS_UTILITIES = {"__init__.py", "jmespath_utils", "parameters", "typing"}
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements" / "dev.txt").read_text().splitlines():
+        name, _, version = line.partition("==")
+        if version:
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def _bundle_secret_store_client(private: Path) -> None:
+    try:
+        sources = [importlib.metadata.distribution(name) for name in BUNDLED]
+    except importlib.metadata.PackageNotFoundError:
+        # Not installed where this runs (sam build with a bare python3): fetch the pinned ones.
+        pins = _pins()
+        target = private.parent / ".bundle"
+        requirements = [f"{name}=={pins[name]}" for name in BUNDLED]
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), *requirements],
+            check=True,
+        )
+        for item in target.iterdir():
+            if not item.name.endswith(".dist-info") and item.name != "bin":
+                shutil.move(str(item), private / item.name)
+        shutil.rmtree(target)
+    else:
+        for dist in sources:
+            base = Path(str(dist.locate_file("")))
+            tops = {str(f).split("/")[0] for f in dist.files or () if not str(f).startswith("..")}
+            for top in sorted(tops):
+                if top.endswith((".dist-info", ".egg-info")) or top in ("__pycache__", "bin"):
+                    continue
+                if (base / top).is_dir():
+                    shutil.copytree(base / top, private / top, ignore=_SKIP)
+                else:
+                    shutil.copy2(base / top, private / top)
+    powertools = private / "aws_lambda_powertools"
+    shutil.rmtree(powertools / "event_handler", ignore_errors=True)
+    for item in (powertools / "utilities").iterdir():
+        if item.name not in POWERTOOLS_UTILITIES:
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
 
 
 def _compile(out: Path) -> None:

@@ -6,6 +6,7 @@ import ast
 import os
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -81,3 +82,28 @@ def test_the_launcher_says_so_in_one_line_when_there_is_no_python(tmp_path: Path
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("[posthog-lambda] no Python interpreter")
+
+
+def test_the_secret_store_client_ships_with_the_extension_and_imports_in_isolation() -> None:
+    """What the extension imports when its key comes from Secrets Manager or SSM: the bundled,
+    trimmed powertools, with boto3 from outside (on AWS: the runtime's /var/runtime)."""
+    import boto3
+
+    runtime_packages = str(Path(boto3.__file__).resolve().parents[1])  # stands in for /var/runtime
+    private = LAYER / "posthog-lambda-extension"
+    code = (
+        "import sys\n"
+        f"sys.path[:0] = [{str(private)!r}]\n"
+        f"sys.path.append({runtime_packages!r})\n"
+        "from aws_lambda_powertools.utilities import parameters\n"
+        "import aws_lambda_powertools\n"
+        "print(aws_lambda_powertools.__file__)\n"
+        "print(callable(parameters.get_secret), callable(parameters.get_parameter))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    where, callables = done.stdout.strip().splitlines()
+    assert where.startswith(str(private))
+    assert callables == "True True"
+    assert not (private / "aws_lambda_powertools" / "event_handler").exists()
