@@ -24,7 +24,7 @@ demo: layer
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check src tests bench layer $(wildcard extension)
+	$(BIN)/ruff format --check src tests bench layer examples $(wildcard extension)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src $(wildcard extension)
