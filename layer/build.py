@@ -10,9 +10,9 @@ python layer/build.py OUT_DIR [ZIP]   (make layer: build/layer and build/posthog
 
 from __future__ import annotations
 
-import compileall
+import glob
 import importlib.metadata
-import py_compile
+import os
 import shutil
 import stat
 import subprocess
@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 LIBRARY = ROOT / "src" / "posthog_lambda"
 EXTENSION = ROOT / "extension" / "posthog_lambda_extension"
 NAME = "posthog-lambda"
+SUPPORTED_MINORS = (11, 12, 13)
+"""The Lambda Python runtimes the layer is for: 3.11, 3.12, 3.13."""
 EXTENSION_DIR = "posthog-lambda-extension"
 
 LAUNCHER = f"""#!/bin/sh
@@ -123,11 +125,45 @@ def _bundle_secret_store_client(private: Path) -> None:
 
 
 def _compile(out: Path) -> None:
-    """Ship bytecode for the building interpreter's version: /opt is read-only on Lambda, so
-    without it every cold start compiles the extension before it can register (about twice as
-    long). Unchecked hashes: the zip's timestamps must not make them stale."""
-    for directory in (out / EXTENSION_DIR, out / "python"):
-        compileall.compile_dir(str(directory), quiet=1, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    """Ship bytecode for every supported runtime version this machine has an interpreter for:
+    /opt is read-only on Lambda, so without it every cold start compiles the extension before it
+    can register (about twice as long). Unchecked hashes: the zip's timestamps must not make them
+    stale. Each version's files are tagged (``.cpython-312.pyc``), so the others ignore them."""
+    # What runs before the extension registers, and the library; the bundled powertools loads
+    # only after registering, when a secret store is configured, so it ships as source.
+    private = out / EXTENSION_DIR
+    directories = [str(private / "posthog_lambda_extension"), str(private / "posthog_lambda"), str(out / "python")]
+    for python in _interpreters():
+        subprocess.run(
+            [python, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash", *directories],
+            check=True,
+        )
+
+
+def _interpreters() -> list[str]:
+    """This interpreter, and one for each other supported version found on PATH or in pyenv."""
+    found = {sys.version_info[:2]: sys.executable}
+    for minor in SUPPORTED_MINORS:
+        if (3, minor) in found:
+            continue
+        candidates = [shutil.which(f"python3.{minor}")]
+        candidates += sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/3.{minor}.*/bin/python3.{minor}")))
+        for candidate in candidates:
+            if candidate and _version_of(candidate) == (3, minor):
+                found[(3, minor)] = candidate
+                break
+    return [found[version] for version in sorted(found)]
+
+
+def _version_of(python: str) -> tuple[int, int] | None:
+    try:
+        done = subprocess.run(
+            [python, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True, text=True, timeout=30
+        )
+    except OSError:
+        return None
+    parts = done.stdout.split()
+    return (int(parts[0]), int(parts[1])) if done.returncode == 0 and len(parts) == 2 else None
 
 
 def zip_layer(root: Path, archive: Path) -> Path:
