@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from posthog_lambda import constants
 from posthog_lambda._frames import DEFAULT_SOCKET, DEFAULT_SPOOL
+from posthog_lambda._log import parse_flag
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,8 +23,6 @@ DEFAULT_FLUSH_INTERVAL_MS = 2000
 DEFAULT_MEMORY_MB = 128
 MIN_BUFFER_BYTES = 1024 * 1024
 """Room for a few ordinary events; smaller buffers would drop most traces on arrival."""
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
 
 
 class Settings:
@@ -104,13 +103,11 @@ class Settings:
         raw = self._env.get(name)
         if raw is None:
             return default
-        value = raw.strip().lower()
-        if value in _TRUE:
-            return True
-        if value in _FALSE:
-            return False
-        self._problem(name, raw, f"is not true or false; using {str(default).lower()}")
-        return default
+        value = parse_flag(raw)
+        if value is None:
+            self._problem(name, raw, f"is not true or false; using {str(default).lower()}")
+            return default
+        return value
 
     def _positive(self, name: str, default: int) -> int:
         raw = self._env.get(name, "").strip()

@@ -65,16 +65,19 @@ def _setup() -> logging.Logger:
     return real
 
 
-def _flag(name: str) -> bool | None:
-    raw = os.environ.get(name)
-    if raw is None:
-        return None
+def parse_flag(raw: str) -> bool | None:
+    """A boolean setting as both sides of the product read one; None when it is neither."""
     value = raw.strip().lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
     return None
+
+
+def _flag(name: str) -> bool | None:
+    raw = os.environ.get(name)
+    return None if raw is None else parse_flag(raw)
 
 
 def env_flag(name: str, default: bool) -> bool:
