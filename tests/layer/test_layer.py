@@ -101,7 +101,7 @@ def test_the_secret_store_client_ships_with_the_extension_and_imports_in_isolati
         "print(callable(parameters.get_secret), callable(parameters.get_parameter))\n"
     )
     done = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-I", "-S", "-B", "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     where, callables = done.stdout.strip().splitlines()
     assert where.startswith(str(private))

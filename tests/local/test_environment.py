@@ -61,8 +61,13 @@ def background(event, context):
 
 def layer(event, context):
     import greeting
+    try:
+        open("/opt/written.txt", "w").close()
+        writable = True
+    except OSError:
+        writable = False
     with open("/opt/data.txt") as f:
-        return {"greeting": greeting.GREETING, "data": f.read(), "file": greeting.__file__}
+        return {"greeting": greeting.GREETING, "data": f.read(), "file": greeting.__file__, "writable": writable}
 """
 
 
@@ -280,7 +285,9 @@ def test_layer_is_visible_at_opt_and_the_real_opt_is_untouched(setup: Setup) -> 
         "greeting": "hello from the layer",
         "data": "layer data",
         "file": "/opt/python/greeting.py",
+        "writable": False,  # /opt is read-only, as on Lambda
     }
+    assert not (setup.layer / "written.txt").exists()
     [started] = setup.records("inspector", "started")
     assert "extensions" in started["opt"]
     assert "data.txt" in started["opt"]

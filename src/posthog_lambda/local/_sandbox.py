@@ -92,7 +92,11 @@ class Sandbox:
     def wrap(self, command: Sequence[str]) -> list[str]:
         """``command`` run in a private mount namespace with the layer on /opt."""
         opt = str(self.layer_dir or self.empty_opt)
-        script = 'mount --bind "$1" /opt && mount --bind "$2" /etc/hosts && shift 2 && exec "$@"'
+        # Read-only, as Lambda's /opt is: nothing (bytecode included) can be written into the layer.
+        script = (
+            'mount --bind "$1" /opt && mount -o remount,bind,ro /opt && mount --bind "$2" /etc/hosts '
+            '&& shift 2 && exec "$@"'
+        )
         prefix = [] if os.geteuid() == 0 else ["--map-root-user"]
         return [
             self._unshare,
