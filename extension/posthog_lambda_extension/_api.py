@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 BASE = "/2020-01-01/extension"
+TELEMETRY_PATH = "/2022-07-01/telemetry"
 REGISTER_TIMEOUT_S = 10.0
 """Init as a whole has 10 s."""
 MAX_RESPONSE = 16 * 1024 * 1024
@@ -73,10 +74,22 @@ class ExtensionsApi:
             raise ApiError("event/next answered with a body that is not an object")
         return event
 
-    def _call(self, method: str, path: str, headers: dict[str, str], body: bytes, timeout: float | None) -> Response:
-        lines = [f"{method} {BASE}{path} HTTP/1.1", f"Host: {self.address}", "Connection: close"]
+    def subscribe_telemetry(self, identifier: str, subscription: dict[str, Any]) -> None:
+        """Subscribe to the Telemetry API (accepted during Init only)."""
+        body = json.dumps(subscription).encode()
+        headers = {"Lambda-Extension-Identifier": identifier}
+        response = self._call("PUT", "", headers, body, REGISTER_TIMEOUT_S, base=TELEMETRY_PATH)
+        if response.status != 200:
+            raise ApiError(
+                f"telemetry subscription answered {response.status}: {_text(response.body)}", response.status
+            )
+
+    def _call(
+        self, method: str, path: str, headers: dict[str, str], body: bytes, timeout: float | None, base: str = BASE
+    ) -> Response:
+        lines = [f"{method} {base}{path} HTTP/1.1", f"Host: {self.address}", "Connection: close"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
-        if body or method == "POST":
+        if body or method in ("POST", "PUT"):
             lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
         try:
@@ -86,7 +99,7 @@ class ExtensionsApi:
                 sock.sendall(request)
                 return _read_response(sock)
         except OSError as exc:
-            raise ApiError(f"{method} {BASE}{path} failed: {exc}") from None
+            raise ApiError(f"{method} {base}{path} failed: {exc}") from None
 
 
 def register(api: ExtensionsApi, name: str) -> str:

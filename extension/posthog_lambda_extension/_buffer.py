@@ -143,6 +143,23 @@ class Buffer:
             entry.data = data
             entry.truncated = True
 
+    def patch(self, uuid: str, update: Callable[[bytes], bytes | None]) -> bool:
+        """Replace a waiting entry's JSON with ``update(data)``; False when the entry is gone, is
+        held by a flush (it may be on its way already), or ``update`` gave None."""
+        with self._lock:
+            entry = self._entries.get(uuid)
+            if entry is None or entry.in_flight:
+                return False
+            data = update(entry.data)
+            if data is None:
+                return False
+            self._size += len(data) - len(entry.data)
+            entry.data = data
+            evicted = self._evict()
+        if evicted:
+            self._drops.add(FULL, evicted, f"more than {self.limit} bytes of events waiting; the oldest went first")
+        return True
+
     def discard(self, reason: str) -> int:
         """Forget everything not held by a flush, counted (not logged) under ``reason``; how many."""
         with self._lock:

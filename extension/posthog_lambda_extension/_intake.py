@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ._buffer import Buffer
     from ._drops import Drops
     from ._invocations import Invocations
+    from ._telemetry import Traces
 
 
 def dumps(event: dict[str, Any]) -> bytes:
@@ -48,6 +49,10 @@ class Intake:
         self.buffer = buffer
         self.invocations = invocations
         self.drops = drops
+        self.accepted = 0
+        """Events buffered so far."""
+        self.traces: Traces | None = None
+        """Told about START frames and buffered ``$ai_trace`` events, once telemetry is on."""
         self.discard: str | None = None
         """When set, events are counted under this reason instead of buffered (the reason was
         said when it was set)."""
@@ -70,6 +75,8 @@ class Intake:
         if kind == _frames.START:
             _log.debug(f"START {payload['request_id']}")
             self.invocations.start(payload["request_id"], payload["deadline_ms"])
+            if self.traces is not None:
+                self.traces.start(payload["request_id"], payload["trace_id"])
         elif kind == _frames.END:
             _log.debug(f"END {payload['request_id']}")
             self.invocations.end(payload["request_id"])
@@ -94,4 +101,7 @@ class Intake:
         except (TypeError, ValueError) as exc:
             self.drops.add("events_invalid", 1, f"{name} cannot be serialized: {exc}")
             return
-        self.buffer.add(event["uuid"], name, data)
+        if self.buffer.add(event["uuid"], name, data):
+            self.accepted += 1
+            if name == "$ai_trace" and self.traces is not None:
+                self.traces.event(event)

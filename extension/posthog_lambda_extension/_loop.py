@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ._api import ExtensionsApi
     from ._secrets import KeyStore
     from ._sender import Sender
+    from ._telemetry import Telemetry
 
 END_MARGIN_S = 0.2
 """Waiting for an invocation's END stops this long before its deadline..."""
@@ -37,7 +38,13 @@ FLUSH_MARGIN_S = 0.1
 invocation's deadline times the invocation out."""
 SHUTDOWN_MARGIN_S = 0.3
 START_GRACE_S = 0.5
-"""A traced handler sends START as it begins; none this long after INVOKE means an untraced one."""
+"""A traced handler sends START as it begins; none this long after INVOKE means an untraced one
+(only without the Telemetry API, whose runtimeDone ends untraced invocations)."""
+END_AFTER_DONE_S = 0.05
+"""After runtimeDone, how long an invocation that sent START still waits for its END frame (the
+frame is normally read before: the library sends it before the handler returns)."""
+REPORT_WAIT_S = 0.3
+"""At SHUTDOWN, the most spent waiting for the last invocations' platform.report."""
 SPOOL_POLL_S = 0.1
 """While waiting for END, the spool is checked this often (an END may have been spooled)."""
 FLUSH_BUDGET_S = 5.0
@@ -73,6 +80,9 @@ class Extension:
 
             self.key_store = KeyStore(*settings.key_store)
         self._starts = 0
+        self._accepted = 0
+        self.telemetry: Telemetry | None = None
+        """Set once subscribed to the Telemetry API."""
 
     def run(self, api: ExtensionsApi, identifier: str, listener: socket.socket | None) -> int:
         """Serve frames on ``listener`` (None: there is no socket) and events from ``api``
@@ -82,6 +92,7 @@ class Extension:
         if self.key_store is not None:
             self.key_store.start()  # registered already: read while Lambda starts the runtime
         self._announce()
+        self.start_telemetry(api, identifier)  # still Init: before this extension's first next
         while True:
             event = next_event(api, identifier)
             kind = event.get("eventType")
@@ -118,16 +129,33 @@ class Extension:
             f"buffer {self.settings.buffer_bytes} bytes, host {self.settings.host}"
         )
 
+    def start_telemetry(self, api: ExtensionsApi, identifier: str) -> None:
+        if self.intake.discard is not None:
+            return  # nothing would be sent: no reason to know when invocations end
+        try:
+            from ._telemetry import Telemetry, Traces
+
+            telemetry = Telemetry(self.invocations, Traces())
+            if telemetry.start(api, identifier):
+                self.intake.traces = telemetry.traces
+                self.telemetry = telemetry
+        except Exception as exc:
+            _log.warn(f"cannot use the Telemetry API ({exc!r}); going on without it")
+
     # -- events from the Extensions API --------------------------------------------------------
 
     def invoke(self, event: Mapping[str, Any]) -> None:
         now = self._clock()
         deadline = self._deadline(event.get("deadlineMs"), 0.0, now + FLUSH_BUDGET_S)
         request_id = event.get("requestId")
+        if self.telemetry is not None and isinstance(request_id, str) and request_id:
+            self.telemetry.invoked(request_id)
         self.spool.drain()
         if self.invocations.starts != self._starts:
             self._starts = self.invocations.starts
             self.policy.saw_start()
+        if self.telemetry is not None and self.intake.accepted != self._accepted:
+            self.policy.saw_start()  # the function sends events: wait for the end of invocations again
         if self._sender(now) is None and self.key_store is None:
             return
         stats = self.buffer.stats()
@@ -135,7 +163,15 @@ class Extension:
         _log.debug(f"INVOKE {request_id}: {action} ({stats.count} events buffered)")
         flush_by = deadline - FLUSH_MARGIN_S
         if action == WAIT_FOR_END and isinstance(request_id, str) and request_id:
-            if self.wait_for_end(request_id, deadline - END_MARGIN_S) == "no_start":
+            outcome = self.wait_for_end(request_id, deadline - END_MARGIN_S)
+            silent = self.intake.accepted == self._accepted  # no event since the last INVOKE
+            if outcome == "runtime_done" and silent and not self.invocations.started(request_id):
+                # runtimeDone comes at least 25 ms after the runtime (the shortest telemetry
+                # buffering): no need to spend that on every invocation of an untraced function
+                # that sends nothing.
+                self.policy.missed_start()
+                _log.debug("untraced invocation sent no events: not waiting until a START or an event comes")
+            elif outcome == "no_start":
                 self.policy.missed_start()
                 _log.once(
                     "no-start",
@@ -147,10 +183,14 @@ class Extension:
             self.flush(min(flush_by, self._clock() + FLUSH_BUDGET_S))
         elif action in (WAIT_FOR_END, FLUSH_NOW):
             self.flush(min(flush_by, now + FLUSH_BUDGET_S))
+        self._accepted = self.intake.accepted
 
     def wait_for_end(self, request_id: str, until: float) -> str:
-        """``ended``, ``deadline`` or ``no_start`` (no START frame within the grace period)."""
+        """``ended`` (END frame), ``runtime_done`` (platform.runtimeDone), ``deadline`` or
+        ``no_start`` (without the Telemetry API: no START frame within the grace period)."""
         start_by = self._clock() + START_GRACE_S
+        done_at: float | None = None
+        telemetry = self.telemetry is not None
         invocations = self.invocations
         while True:
             if invocations.ended(request_id):
@@ -159,12 +199,25 @@ class Extension:
             if now >= until:
                 return "deadline"
             started = invocations.started(request_id)
-            if not started and now >= start_by:
-                return "no_start"
-            limit = until if started else min(until, start_by)
+            done = invocations.done(request_id)
+            limit = until
+            if done:
+                if done_at is None:
+                    done_at = now
+                if not started or now >= done_at + END_AFTER_DONE_S:
+                    return "runtime_done"
+                limit = min(until, done_at + END_AFTER_DONE_S)
+            elif not started and not telemetry:
+                if now >= start_by:
+                    return "no_start"
+                limit = min(until, start_by)
 
-            def changed(started: bool = started) -> bool:
-                return invocations.ended(request_id) or invocations.started(request_id) != started
+            def changed(started: bool = started, done: bool = done) -> bool:
+                return (
+                    invocations.ended(request_id)
+                    or invocations.started(request_id) != started
+                    or invocations.done(request_id) != done
+                )
 
             if not invocations.wait(changed, min(SPOOL_POLL_S, limit - now)):
                 self.spool.drain()
@@ -175,6 +228,8 @@ class Extension:
         _log.debug(f"SHUTDOWN ({event.get('shutdownReason')}), {deadline - now:.3f} s to flush")
         try:
             self.spool.drain()
+            if self.telemetry is not None:  # the last reports come after the last invocation
+                self.telemetry.wait_reports(min(REPORT_WAIT_S, (deadline - self._clock()) / 4))
             if self.sender is not None or self.key_store is not None:
                 self.flush(deadline, force=True)
                 left = len(self.buffer)
@@ -184,6 +239,8 @@ class Extension:
                 self.sender.close()
         finally:
             self.server.close(join_timeout=0.1)
+            if self.telemetry is not None:
+                self.telemetry.close()
             totals = self.drops.totals()
             if totals:
                 listed = ", ".join(f"{reason}={count}" for reason, count in sorted(totals.items()))
@@ -192,6 +249,8 @@ class Extension:
     # -- flushing -------------------------------------------------------------------------------
 
     def flush(self, deadline: float, *, force: bool = False) -> None:
+        if self.telemetry is not None:
+            self.telemetry.apply(self.buffer)
         sender = self._sender(deadline if force else min(deadline, self._clock() + KEY_WAIT_S))
         if sender is None or not sender.ready(force):
             return

@@ -100,3 +100,10 @@ POSTHOG_API_KEY_SSM_PARAMETER = "POSTHOG_API_KEY_SSM_PARAMETER"
 the project API key, read and re-read like ``POSTHOG_API_KEY_SECRET_ARN``, which wins over it
 (as ``POSTHOG_API_KEY`` wins over both). Needs ``ssm:GetParameter`` (and ``kms:Decrypt`` for a
 customer managed key). Default: unset."""
+
+POSTHOG_LAMBDA_PRICES = "POSTHOG_LAMBDA_PRICES"
+"""Extension: the prices behind ``lambda_cost_usd`` (estimated from each invocation's
+``platform.report``: memory GB × billed seconds × the architecture's price per GB-second, plus
+the price of a request), as a JSON object with any of ``x86_64``, ``arm64`` (USD per GB-second)
+and ``request`` (USD per request). Default ``{"x86_64": 0.0000166667, "arm64": 0.0000133334,
+"request": 0.0000002}`` (AWS list prices). An invalid value is one log line, then the defaults."""

@@ -1,0 +1,390 @@
+"""The Telemetry API: when the runtime is done with an invocation, and what the invocation cost.
+
+The extension subscribes during Init (after registering, before its first ``next``) to the
+``platform`` records, delivered by HTTP POST to a small listener on ``sandbox.localdomain``:
+
+- ``platform.runtimeDone`` ends an invocation for the main loop even when the handler is not
+  decorated or its process died, so ``end`` mode never waits for a START or the deadline.
+- ``platform.report`` (delivered late: at the next invoke, or at shutdown) carries the billed
+  duration and memory. Its figures, and the estimated cost, go on that invocation's
+  ``$ai_trace`` while it waits in the buffer, otherwise as ``$ai_metric`` events linked to it.
+
+A listener that cannot bind or a subscription that is refused is one log line; the extension
+goes on without it (as before: START/END frames and the deadline).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+
+from posthog_lambda import constants
+
+from . import _log
+from ._drops import iso_now, new_uuid
+from ._intake import dumps
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+    from typing import Any
+
+    from ._api import ExtensionsApi
+    from ._buffer import Buffer
+    from ._invocations import Invocations
+
+SANDBOX_HOST = "sandbox.localdomain"
+SCHEMA_VERSION = "2022-12-13"
+BUFFERING = {"maxItems": 1000, "maxBytes": 262144, "timeoutMs": 25}
+"""The smallest delivery delay Lambda allows: runtimeDone must arrive while the loop waits."""
+MAX_BODY = 8 * 1024 * 1024
+CONNECTION_TIMEOUT_S = 2.0
+KEEP = 64
+PRICES_VARIABLE = constants.POSTHOG_LAMBDA_PRICES
+DEFAULT_PRICES = {"x86_64": 0.0000166667, "arm64": 0.0000133334, "request": 0.0000002}
+"""USD per GB-second by architecture, and per request (AWS's list prices, us-east-1)."""
+
+# platform.report metric -> property on the $ai_trace (and $ai_metric_name)
+FIGURES = (
+    ("billedDurationMs", "lambda_billed_duration_ms"),
+    ("durationMs", "lambda_duration_ms"),
+    ("memorySizeMB", "lambda_memory_size_mb"),
+    ("maxMemoryUsedMB", "lambda_max_memory_used_mb"),
+    ("initDurationMs", "lambda_init_duration_ms"),
+)
+COST = "lambda_cost_usd"
+
+
+def subscription(port: int) -> dict[str, Any]:
+    """The subscription request's body for a listener on ``port``."""
+    return {
+        "schemaVersion": SCHEMA_VERSION,
+        "destination": {"protocol": "HTTP", "URI": f"http://{SANDBOX_HOST}:{port}"},
+        "types": ["platform"],
+        "buffering": dict(BUFFERING),
+    }
+
+
+def architecture(machine: str | None = None) -> str:
+    """``arm64`` or ``x86_64``: the price list's name for this machine."""
+    machine = (machine if machine is not None else os.uname().machine).lower()
+    return "arm64" if machine in ("aarch64", "arm64") or machine.startswith("armv8") else "x86_64"
+
+
+def prices(environ: Mapping[str, str]) -> tuple[dict[str, float], str | None]:
+    """The price table (defaults overridden by ``POSTHOG_LAMBDA_PRICES``) and a problem to log."""
+    table = dict(DEFAULT_PRICES)
+    raw = environ.get(PRICES_VARIABLE, "").strip()
+    if not raw:
+        return table, None
+    try:
+        given = json.loads(raw)
+    except ValueError:
+        given = None
+    if not isinstance(given, dict) or not given:
+        return table, f"{PRICES_VARIABLE} is not a JSON object of prices; using the default prices"
+    for name, value in given.items():
+        if name not in table:
+            return table, f"{PRICES_VARIABLE} has an unknown key {name!r} (x86_64, arm64, request); using the defaults"
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e6:
+            return table, f"{PRICES_VARIABLE}: {name} is not a non-negative number; using the default prices"
+    table.update({name: float(value) for name, value in given.items()})
+    return table, None
+
+
+def cost_usd(memory_mb: float, billed_ms: float, table: Mapping[str, float], arch: str) -> float:
+    """GB-seconds times the architecture's price, plus the request's price."""
+    return memory_mb / 1024 * billed_ms / 1000 * table[arch] + table["request"]
+
+
+class Trace:
+    __slots__ = ("anonymous", "distinct_id", "trace_id", "uuid")
+
+    def __init__(self, uuid: str, trace_id: str, distinct_id: str, anonymous: bool) -> None:
+        self.uuid = uuid
+        self.trace_id = trace_id
+        self.distinct_id = distinct_id
+        self.anonymous = anonymous
+
+
+class Traces:
+    """Each recent invocation's ``$ai_trace`` event, by request id (frames' thread writes, the
+    main loop reads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: dict[str, str] = {}
+        """trace id -> request id, from START frames."""
+        self._traces: dict[str, Trace] = {}
+
+    def start(self, request_id: str, trace_id: str) -> None:
+        with self._lock:
+            self._requests[trace_id] = request_id
+            _trim(self._requests)
+
+    def event(self, event: Mapping[str, Any]) -> None:
+        """An ``$ai_trace`` event was buffered."""
+        properties = event.get("properties")
+        if not isinstance(properties, dict):
+            return
+        trace_id = properties.get("$ai_trace_id")
+        if not isinstance(trace_id, str):
+            return
+        with self._lock:
+            request_id = properties.get("lambda_request_id")
+            if not isinstance(request_id, str) or not request_id:
+                request_id = self._requests.get(trace_id)
+            if request_id is None:
+                return
+            anonymous = properties.get("$process_person_profile") is False
+            self._traces[request_id] = Trace(event["uuid"], trace_id, event["distinct_id"], anonymous)
+            _trim(self._traces)
+
+    def get(self, request_id: str) -> Trace | None:
+        with self._lock:
+            return self._traces.get(request_id)
+
+
+class Telemetry:
+    """Records from the listener: runtimeDone goes straight to the invocation tracker, reports
+    wait for the main loop (``apply``), which owns the buffer's edits."""
+
+    def __init__(self, invocations: Invocations, traces: Traces, environ: Mapping[str, str] = os.environ) -> None:
+        self.invocations = invocations
+        self.traces = traces
+        self.prices, problem = prices(environ)
+        if problem is not None:
+            _log.warn(problem)
+        self.arch = architecture()
+        self.subscribed = False
+        self._arrived = threading.Condition()
+        self._reports: list[dict[str, Any]] = []
+        self._awaited: dict[str, None] = {}
+        """Request ids invoked whose report has not arrived."""
+        self._listener: Listener | None = None
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    def start(self, api: ExtensionsApi, identifier: str, environ: Mapping[str, str] = os.environ) -> bool:
+        """Listen and subscribe; False (said in one line) when either fails."""
+        host = "0.0.0.0" if environ.get("AWS_SAM_LOCAL") else SANDBOX_HOST
+        try:
+            listener = Listener(host, self.receive_body)
+        except OSError as exc:
+            _log.warn(f"cannot listen for the Telemetry API on {host} ({exc}); going on without it")
+            return False
+        try:
+            api.subscribe_telemetry(identifier, subscription(listener.port))
+        except Exception as exc:
+            _log.warn(f"cannot subscribe to the Telemetry API ({exc}); going on without it")
+            listener.close()
+            return False
+        self._listener = listener
+        self.subscribed = True
+        _log.debug(f"subscribed to the Telemetry API on port {listener.port}")
+        return True
+
+    def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+
+    # -- records ---------------------------------------------------------------------------------
+
+    def receive_body(self, body: bytes) -> None:
+        try:
+            records = json.loads(body)
+        except ValueError:
+            _log.once("telemetry:json", "the Telemetry API sent a batch that is not JSON")
+            return
+        self.receive(records)
+
+    def receive(self, records: Any) -> None:
+        """A batch POSTed by Lambda: a list of ``{time, type, record}``."""
+        if not isinstance(records, list):
+            return
+        for item in records:
+            if not isinstance(item, dict) or not isinstance(item.get("record"), dict):
+                continue
+            record: dict[str, Any] = item["record"]
+            request_id = record.get("requestId")
+            if not isinstance(request_id, str) or not request_id:
+                continue
+            kind = item.get("type")
+            if kind == "platform.runtimeDone":
+                _log.debug(f"runtimeDone {request_id} ({record.get('status')})")
+                self.invocations.runtime_done(request_id)
+            elif kind == "platform.report":
+                with self._arrived:
+                    self._reports.append(record)
+                    del self._reports[:-KEEP]
+                    self._awaited.pop(request_id, None)
+                    self._arrived.notify_all()
+
+    def invoked(self, request_id: str) -> None:
+        """An INVOKE: its report is to come."""
+        if self.subscribed:
+            with self._arrived:
+                self._awaited[request_id] = None
+                _trim(self._awaited)
+
+    def wait_reports(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every invocation's report; True if all came."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: not self._awaited, max(0.0, timeout))
+
+    # -- figures ---------------------------------------------------------------------------------
+
+    def apply(self, buffer: Buffer) -> int:
+        """Put the reports received so far on their traces (or send them as ``$ai_metric``
+        events); how many reports found their trace."""
+        with self._arrived:
+            reports, self._reports = self._reports, []
+        applied = 0
+        for report in reports:
+            trace = self.traces.get(report["requestId"])
+            figures = self.figures(report)
+            if trace is None or not figures:
+                continue  # an untraced invocation: nothing to link the figures to
+            applied += 1
+            if buffer.patch(trace.uuid, _adder(figures)):
+                continue
+            for uuid, data in metric_events(trace, report["requestId"], figures):
+                buffer.add(uuid, "$ai_metric", data)
+        return applied
+
+    def figures(self, report: Mapping[str, Any]) -> dict[str, float]:
+        """The properties a report gives its trace, the estimated cost included."""
+        metrics = report.get("metrics")
+        if not isinstance(metrics, dict):
+            return {}
+        figures: dict[str, float] = {}
+        for key, name in FIGURES:
+            value = metrics.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                figures[name] = value
+        memory = figures.get("lambda_memory_size_mb")
+        billed = figures.get("lambda_billed_duration_ms")
+        if memory is not None and billed is not None:
+            figures[COST] = cost_usd(memory, billed, self.prices, self.arch)
+        return figures
+
+
+def metric_events(trace: Trace, request_id: str, figures: Mapping[str, float]) -> Iterable[tuple[str, bytes]]:
+    """One ``$ai_metric`` event per figure, linked to the trace: (uuid, JSON)."""
+    for name, value in figures.items():
+        uuid = new_uuid()
+        properties: dict[str, Any] = {
+            "$ai_trace_id": trace.trace_id,
+            "$ai_metric_name": name,
+            "$ai_metric_value": value,
+            "lambda_request_id": request_id,
+        }
+        if trace.anonymous:
+            properties["$process_person_profile"] = False
+        event = {
+            "event": "$ai_metric",
+            "distinct_id": trace.distinct_id,
+            "properties": properties,
+            "timestamp": iso_now(),
+            "uuid": uuid,
+        }
+        yield uuid, dumps(event)
+
+
+def _adder(figures: Mapping[str, float]) -> Callable[[bytes], bytes | None]:
+    return lambda data: _with_properties(data, figures)
+
+
+def _with_properties(data: bytes, figures: Mapping[str, float]) -> bytes | None:
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return None
+    properties = event.get("properties") if isinstance(event, dict) else None
+    if not isinstance(properties, dict):
+        return None
+    properties.update(figures)
+    return dumps(event)
+
+
+class Listener:
+    """A minimal HTTP/1.1 server for Lambda's POSTs: one connection at a time, each answered 200
+    and closed. Not ``http.server``: it would double the extension's imports and memory."""
+
+    def __init__(self, host: str, sink: Callable[[bytes], None]) -> None:
+        self._sink = sink
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._sock.bind((host, 0))  # port 0: the system picks a free one
+            self._sock.listen(16)
+        except OSError:
+            self._sock.close()
+            raise
+        self.port: int = self._sock.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._serve, name="telemetry", daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                if self._closed:
+                    return
+                continue
+            try:
+                with conn:
+                    conn.settimeout(CONNECTION_TIMEOUT_S)
+                    status, body = _read_request(conn)
+                    # Taken in before the answer: once Lambda (or a test) has its 200, the
+                    # records are known.
+                    if body is not None:
+                        self._sink(body)
+                    conn.sendall(f"HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+            except Exception as exc:  # one bad connection must not stop the listener
+                _log.once(f"telemetry:{type(exc).__name__}", f"reading telemetry failed: {exc!r}")
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+
+
+def _read_request(conn: socket.socket) -> tuple[str, bytes | None]:
+    """The status to answer and the request's body (None: nothing to use)."""
+    data = bytearray()
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return "400 Bad Request", None
+        data += chunk
+        if len(data) > MAX_BODY:
+            return "413 Content Too Large", None
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    length = None
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            length = int(value.strip())
+    if not head.startswith(b"POST ") or length is None:
+        return "400 Bad Request", None
+    if length > MAX_BODY:
+        return "413 Content Too Large", None
+    rest = bytearray(body)
+    while len(rest) < length:
+        chunk = conn.recv(min(65536, length - len(rest)))
+        if not chunk:
+            return "400 Bad Request", None
+        rest += chunk
+    return "200 OK", bytes(rest[:length])
+
+
+def _trim(seen: dict[str, Any]) -> None:
+    while len(seen) > KEEP:
+        del seen[next(iter(seen))]
