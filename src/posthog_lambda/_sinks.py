@@ -14,6 +14,7 @@ else nothing (events are counted and dropped, with a logged reason).
 
 from __future__ import annotations
 
+import os
 from _thread import allocate_lock
 
 from . import _config
@@ -85,8 +86,6 @@ def current_sink() -> Sink:
 
 
 def _automatic(config: Config) -> Sink:
-    import os
-
     if os.path.exists(config.socket_path):
         from ._socket_sink import SocketSink
 

@@ -54,9 +54,6 @@ class SocketSink:
         payload = {"request_id": request_id, "trace_id": trace_id, "deadline_ms": deadline_ms}
         self._write(_frames.encode(_frames.START, payload), 0)
 
-    def invocation_ended(self, request_id: str, trace_id: str) -> None:
-        self._write(_frames.encode(_frames.END, {"request_id": request_id, "trace_id": trace_id}), 0)
-
     def _events_frames(self, events: Sequence[Event]) -> bytes:
         if not events:
             return b""

@@ -443,7 +443,7 @@ class Span:
             if input is not MISSING and trace.record_input:
                 self._input = to_jsonable(input, trace.redact)
             if properties:
-                converted = to_jsonable(dict(properties), trace.redact)
+                converted = trace.capture(dict(properties))
                 if self._properties is None:
                     self._properties = converted
                 else:

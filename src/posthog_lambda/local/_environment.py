@@ -214,7 +214,6 @@ class LambdaEnvironment:
         self._sandbox = Sandbox(self.layer_dir)
         self._runtime_dir = runtime_directory(Path(self._sandbox.hosts_file).parent / "runtime")
         self._server = _QuietServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
         self._server_thread = threading.Thread(target=self._server.serve_forever, name="lambda-api", daemon=True)
         self._server_thread.start()
 
