@@ -1,8 +1,9 @@
 """What happens to each frame read from the socket or a spool file.
 
-START and END go to the invocation tracker; each valid event of an EVENTS frame goes into the
-buffer as JSON, cut to its endpoint's size limit if a writer sent it larger. Anything that
-cannot be used is counted by reason (and logged the first time), never raised.
+START, OPEN and END go to the invocation and trace trackers; each valid event of an EVENTS
+frame (sent whole, or as a span record that is expanded here) goes into the buffer as JSON, cut
+to its endpoint's size limit if a writer sent it larger. Anything that cannot be used is counted
+by reason (and logged the first time), never raised.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from posthog_lambda import _frames
 from posthog_lambda._config import AI_EVENT_LIMIT, BATCH_EVENT_LIMIT
 
 from . import _log
+from ._traces import Traces
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -21,7 +23,6 @@ if TYPE_CHECKING:
     from ._buffer import Buffer
     from ._drops import Drops
     from ._invocations import Invocations
-    from ._telemetry import Traces
 
 
 def dumps(event: dict[str, Any]) -> bytes:
@@ -51,8 +52,8 @@ class Intake:
         self.drops = drops
         self.accepted = 0
         """Events buffered so far."""
-        self.traces: Traces | None = None
-        """Told about START frames and buffered ``$ai_trace`` events, once telemetry is on."""
+        self.traces = Traces()
+        """What the frames and events say about each invocation's trace."""
         self.discard: str | None = None
         """When set, events are counted under this reason instead of buffered (the reason was
         said when it was set)."""
@@ -74,15 +75,32 @@ class Intake:
     def frame(self, kind: int, payload: dict[str, Any]) -> None:
         if kind == _frames.START:
             _log.debug(f"START {payload['request_id']}")
+            self.traces.start(payload)
             self.invocations.start(payload["request_id"], payload["deadline_ms"])
-            if self.traces is not None:
-                self.traces.start(payload["request_id"], payload["trace_id"])
+        elif kind == _frames.OPEN:
+            self.traces.opened(payload)
         elif kind == _frames.END:
             _log.debug(f"END {payload['request_id']}")
+            self.traces.end(payload["request_id"])
             self.invocations.end(payload["request_id"])
         else:
             for event in payload["events"]:
                 self.event(event)
+            spans = payload.get("spans")
+            if spans:
+                self.spans(payload["trace"], spans)
+
+    def spans(self, header: dict[str, Any], records: list[Any]) -> None:
+        """Finished spans sent as records (``posthog_lambda._records``): their events."""
+        from posthog_lambda._records import expand
+
+        for record in records:
+            try:
+                event = expand(header, record)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                self.drops.add("events_invalid", 1, f"a span record that cannot be read: {exc!r:.200}")
+                continue
+            self.event(event)
 
     def event(self, event: Any) -> None:
         problem = _frames.valid_event(event)
@@ -103,5 +121,4 @@ class Intake:
             return
         if self.buffer.add(event["uuid"], name, data):
             self.accepted += 1
-            if name == "$ai_trace" and self.traces is not None:
-                self.traces.event(event)
+            self.traces.event(event)

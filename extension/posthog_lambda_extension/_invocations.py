@@ -1,5 +1,5 @@
 """Which invocations the function's START and END frames announced, and which the Telemetry
-API's ``platform.runtimeDone`` said are over, for the main loop to wait on.
+API's ``platform.runtimeDone`` said are over (and how), for the main loop to wait on.
 
 Frames can arrive before the extension has even handled the INVOKE they belong to, so every
 kind is remembered (the last ``KEEP`` request ids of each).
@@ -21,33 +21,39 @@ class Invocations:
         self._changed = threading.Condition()
         self._started: dict[str, int] = {}
         self._ended: dict[str, None] = {}
-        self._done: dict[str, None] = {}
-        self.starts = 0
-        """START frames seen so far."""
+        self._done: dict[str, str] = {}
+        self.announced = 0
+        """START and END frames seen so far: the function is traced."""
 
     def start(self, request_id: str, deadline_ms: int) -> None:
         with self._changed:
             self._started[request_id] = deadline_ms
-            self.starts += 1
+            self.announced += 1
             _trim(self._started)
             self._changed.notify_all()
 
     def end(self, request_id: str) -> None:
         with self._changed:
             self._ended[request_id] = None
+            self.announced += 1
             _trim(self._ended)
             self._changed.notify_all()
 
-    def runtime_done(self, request_id: str) -> None:
-        """``platform.runtimeDone``: the runtime finished the invocation (whatever its status)."""
+    def runtime_done(self, request_id: str, status: str = "") -> None:
+        """``platform.runtimeDone``: the runtime finished the invocation, with ``status``."""
         with self._changed:
-            self._done[request_id] = None
+            self._done[request_id] = status
             _trim(self._done)
             self._changed.notify_all()
 
     def done(self, request_id: str) -> bool:
         with self._changed:
             return request_id in self._done
+
+    def status(self, request_id: str) -> str | None:
+        """runtimeDone's status for ``request_id`` ("" if it gave none), None before it came."""
+        with self._changed:
+            return self._done.get(request_id)
 
     def started(self, request_id: str) -> bool:
         with self._changed:
@@ -64,6 +70,6 @@ class Invocations:
             return self._changed.wait_for(predicate, max(0.0, timeout))
 
 
-def _trim(seen: dict[str, int] | dict[str, None]) -> None:
+def _trim(seen: dict[str, int] | dict[str, None] | dict[str, str]) -> None:
     while len(seen) > KEEP:
         del seen[next(iter(seen))]

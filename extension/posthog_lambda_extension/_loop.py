@@ -45,6 +45,9 @@ END_AFTER_DONE_S = 0.05
 frame is normally read before: the library sends it before the handler returns)."""
 REPORT_WAIT_S = 0.3
 """At SHUTDOWN, the most spent waiting for the last invocations' platform.report."""
+SETTLE_S = 0.1
+"""The most spent letting the socket's readers take in what the function wrote before an END
+arrived by another way (the spool, runtimeDone), or before SHUTDOWN."""
 SPOOL_POLL_S = 0.1
 """While waiting for END, the spool is checked this often (an END may have been spooled)."""
 FLUSH_BUDGET_S = 5.0
@@ -79,7 +82,7 @@ class Extension:
             from ._secrets import KeyStore
 
             self.key_store = KeyStore(*settings.key_store)
-        self._starts = 0
+        self._announced = 0
         self._accepted = 0
         self.telemetry: Telemetry | None = None
         """Set once subscribed to the Telemetry API."""
@@ -133,11 +136,10 @@ class Extension:
         if self.intake.discard is not None:
             return  # nothing would be sent: no reason to know when invocations end
         try:
-            from ._telemetry import Telemetry, Traces
+            from ._telemetry import Telemetry
 
-            telemetry = Telemetry(self.invocations, Traces())
+            telemetry = Telemetry(self.invocations, self.intake.traces)
             if telemetry.start(api, identifier):
-                self.intake.traces = telemetry.traces
                 self.telemetry = telemetry
         except Exception as exc:
             _log.warn(f"cannot use the Telemetry API ({exc!r}); going on without it")
@@ -151,8 +153,8 @@ class Extension:
         if self.telemetry is not None and isinstance(request_id, str) and request_id:
             self.telemetry.invoked(request_id)
         self.spool.drain()
-        if self.invocations.starts != self._starts:
-            self._starts = self.invocations.starts
+        if self.invocations.announced != self._announced:
+            self._announced = self.invocations.announced
             self.policy.saw_start()
         if self.telemetry is not None and self.intake.accepted != self._accepted:
             self.policy.saw_start()  # the function sends events: wait for the end of invocations again
@@ -179,6 +181,7 @@ class Extension:
                     "not waiting for the end of invocations until one arrives (is the handler decorated with "
                     "@posthog_traced?); events are sent at later invocations and at shutdown",
                 )
+            self.server.settle(min(SETTLE_S, max(0.0, flush_by - self._clock())))
             self.spool.drain()
             self.flush(min(flush_by, self._clock() + FLUSH_BUDGET_S))
         elif action in (WAIT_FOR_END, FLUSH_NOW):
@@ -227,9 +230,13 @@ class Extension:
         deadline = self._deadline(event.get("deadlineMs"), SHUTDOWN_MARGIN_S, now + SHUTDOWN_DEFAULT_S)
         _log.debug(f"SHUTDOWN ({event.get('shutdownReason')}), {deadline - now:.3f} s to flush")
         try:
+            self.server.settle(min(SETTLE_S, (deadline - self._clock()) / 4))
             self.spool.drain()
             if self.telemetry is not None:  # the last reports come after the last invocation
                 self.telemetry.wait_reports(min(REPORT_WAIT_S, (deadline - self._clock()) / 4))
+            reason = event.get("shutdownReason")
+            if reason in ("timeout", "failure"):
+                self.report_failed(str(reason))
             if self.sender is not None or self.key_store is not None:
                 self.flush(deadline, force=True)
                 left = len(self.buffer)
@@ -245,6 +252,23 @@ class Extension:
             if totals:
                 listed = ", ".join(f"{reason}={count}" for reason, count in sorted(totals.items()))
                 _log.warn(f"dropped during this environment's life: {listed}")
+
+    def report_failed(self, reason: str) -> None:
+        """The environment is reset because an invocation timed out or its runtime died: each
+        announced trace that never arrived goes to PostHog as failed (see ``_traces``)."""
+        from ._traces import failed_events
+
+        for running in self.intake.traces.take_unfinished():
+            status = self.invocations.status(running.request_id)
+            if status not in ("timeout", "failure", "error"):
+                status = reason
+            events = failed_events(running, status, time.time())
+            _log.warn(
+                f"invocation {running.request_id} ended with Lambda status {status}: sending its trace "
+                f"{running.trace_id} as failed, with {len(events) - 1} spans that did not end"
+            )
+            for event in events:
+                self.intake.event(event)
 
     # -- flushing -------------------------------------------------------------------------------
 

@@ -1,17 +1,21 @@
 """The Unix socket the function's process writes frames to.
 
 Its listening end is created before the extension registers (``_listener``), so that it exists by
-the time the function starts. A thread accepts connections for as long as the environment runs (including while the main
-thread waits in next) and each connection gets a thread that reads frames until it closes. A
-bad header closes that connection: the rest of its stream cannot be trusted.
+the time the function starts. A thread accepts connections for as long as the environment runs
+(including while the main thread waits in next) and each connection gets a thread that reads
+frames until it closes. A bad header closes that connection: the rest of its stream cannot be
+trusted. Before it flushes at the end of an invocation or at shutdown, the main loop lets the
+readers take in what the function already wrote (``settle``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import threading
+import time
 
 from posthog_lambda import _frames
 
@@ -33,6 +37,9 @@ class FrameServer:
         self.intake = intake
         self._listener: socket.socket | None = None
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._busy = 0
+        """Readers taking in data they received (between recv and the end of its frames)."""
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._closed = False
         self._accepter: threading.Thread | None = None
@@ -66,8 +73,29 @@ class FrameServer:
                 connection.shutdown(socket.SHUT_RDWR)  # wakes recv()
         current = threading.current_thread()
         for thread in [*connections.values(), self._accepter]:
-            if thread is not None and thread is not current:
+            # A connection's thread may not have started yet (accepted a moment ago).
+            if thread is not None and thread is not current and thread.ident is not None:
                 thread.join(join_timeout)
+
+    def settle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until every connection's readers have taken in all the
+        function wrote so far (nothing left unread, nothing being read); True if they have.
+        Frames written before an END or a SHUTDOWN must not miss the flush that follows."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._idle:
+                self._idle.wait_for(lambda: self._busy == 0, max(0.0, deadline - time.monotonic()))
+                connections = list(self._connections) if self._busy == 0 else None
+            if connections is not None:
+                try:
+                    readable = select.select(connections, [], [], 0)[0] if connections else []
+                except (OSError, ValueError):  # one closed meanwhile: look again
+                    readable = connections
+                if not readable:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)  # a reader is about to recv() what select saw
 
     @property
     def connections(self) -> int:
@@ -120,7 +148,15 @@ class FrameServer:
         source = f"a connection to {self.path}"
         try:
             while data := connection.recv(READ_SIZE):
-                if not self.intake.feed(reader, data, source):
+                with self._lock:
+                    self._busy += 1
+                try:
+                    fed = self.intake.feed(reader, data, source)
+                finally:
+                    with self._idle:
+                        self._busy -= 1
+                        self._idle.notify_all()
+                if not fed:
                     break
         except OSError as exc:
             _log.debug(f"connection to {self.path} failed: {exc}")

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ._api import ExtensionsApi
     from ._buffer import Buffer
     from ._invocations import Invocations
+    from ._traces import Trace, Traces
 
 SANDBOX_HOST = "sandbox.localdomain"
 SCHEMA_VERSION = "2022-12-13"
@@ -98,54 +99,6 @@ def prices(environ: Mapping[str, str]) -> tuple[dict[str, float], str | None]:
 def cost_usd(memory_mb: float, billed_ms: float, table: Mapping[str, float], arch: str) -> float:
     """GB-seconds times the architecture's price, plus the request's price."""
     return memory_mb / 1024 * billed_ms / 1000 * table[arch] + table["request"]
-
-
-class Trace:
-    __slots__ = ("anonymous", "distinct_id", "trace_id", "uuid")
-
-    def __init__(self, uuid: str, trace_id: str, distinct_id: str, anonymous: bool) -> None:
-        self.uuid = uuid
-        self.trace_id = trace_id
-        self.distinct_id = distinct_id
-        self.anonymous = anonymous
-
-
-class Traces:
-    """Each recent invocation's ``$ai_trace`` event, by request id (frames' thread writes, the
-    main loop reads)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._requests: dict[str, str] = {}
-        """trace id -> request id, from START frames."""
-        self._traces: dict[str, Trace] = {}
-
-    def start(self, request_id: str, trace_id: str) -> None:
-        with self._lock:
-            self._requests[trace_id] = request_id
-            _trim(self._requests)
-
-    def event(self, event: Mapping[str, Any]) -> None:
-        """An ``$ai_trace`` event was buffered."""
-        properties = event.get("properties")
-        if not isinstance(properties, dict):
-            return
-        trace_id = properties.get("$ai_trace_id")
-        if not isinstance(trace_id, str):
-            return
-        with self._lock:
-            request_id = properties.get("lambda_request_id")
-            if not isinstance(request_id, str) or not request_id:
-                request_id = self._requests.get(trace_id)
-            if request_id is None:
-                return
-            anonymous = properties.get("$process_person_profile") is False
-            self._traces[request_id] = Trace(event["uuid"], trace_id, event["distinct_id"], anonymous)
-            _trim(self._traces)
-
-    def get(self, request_id: str) -> Trace | None:
-        with self._lock:
-            return self._traces.get(request_id)
 
 
 class Telemetry:
@@ -215,8 +168,9 @@ class Telemetry:
                 continue
             kind = item.get("type")
             if kind == "platform.runtimeDone":
-                _log.debug(f"runtimeDone {request_id} ({record.get('status')})")
-                self.invocations.runtime_done(request_id)
+                status = record.get("status")
+                _log.debug(f"runtimeDone {request_id} ({status})")
+                self.invocations.runtime_done(request_id, status if isinstance(status, str) else "")
             elif kind == "platform.report":
                 with self._arrived:
                     self._reports.append(record)

@@ -46,24 +46,39 @@ def assemble(
     user: dict[str, Any] | None,
     wall: float,
 ) -> Event:
+    return make_event(
+        kind, trace.distinct_id, library, user, wall, trace.common, trace.groups, trace.anonymous, trace.privacy_mode
+    )
+
+
+def make_event(
+    kind: str,
+    distinct_id: str,
+    library: dict[str, Any],
+    user: dict[str, Any] | None,
+    wall: float,
+    common: dict[str, Any] | None,
+    groups: dict[str, Any] | None,
+    anonymous: bool,
+    privacy_mode: bool,
+) -> Event:
     # ``library`` is a fresh dict made for this event, so it can be the result itself.
-    common = trace.common
     if user:
         props = {**common, **user, **library} if common else {**user, **library}
     elif common:
         props = {**common, **library}
     else:
         props = library
-    if trace.groups:
-        props["$groups"] = trace.groups
-    if trace.anonymous:
+    if groups:
+        props["$groups"] = groups
+    if anonymous:
         props["$process_person_profile"] = False
-    if trace.privacy_mode:
+    if privacy_mode:
         for key in PRIVATE_PROPERTIES:
             props.pop(key, None)
     return {
         "event": kind,
-        "distinct_id": trace.distinct_id,
+        "distinct_id": distinct_id,
         "properties": props,
         "uuid": _ids.uuid7(int(wall * 1000)),
         "timestamp": iso(wall),

@@ -8,8 +8,15 @@ JSON payload:
 
 Kinds and payloads (version 1):
 
-- START  ``{"request_id", "trace_id", "deadline_ms"}``: a traced invocation began (Unix ms).
-- EVENTS ``{"events": [event, ...]}``: finished PostHog events, each with its uuid.
+- START  ``{"request_id", "trace_id", "deadline_ms", "trace"?, "open"?}``: a traced invocation
+  is still running a while after it began (deadline in Unix ms). ``trace`` is its ``$ai_trace``
+  event and ``open`` the events of the spans running at that moment, as they would be sent if
+  they ended then: what the extension completes and sends as failed if the invocation times out
+  or its process dies. Invocations that end sooner send no START: their END says it all.
+- OPEN   ``{"request_id", "trace_id", "open"}``: more spans running, after START.
+- EVENTS ``{"events": [event, ...], "trace"?, "spans"?}``: finished PostHog events, each with
+  its uuid; and finished spans of one trace as records, with the trace's header: each stands for
+  the event ``_records.expand(trace, record)`` returns (the reader makes it).
 - END    ``{"request_id", "trace_id"}``: the handler returned or raised; no more events.
 
 A reader rejects, without crashing, anything else: wrong magic, unknown version or kind, a
@@ -31,7 +38,8 @@ VERSION = 1
 START = 1
 EVENTS = 2
 END = 3
-KINDS = {START: "START", EVENTS: "EVENTS", END: "END"}
+OPEN = 4
+KINDS = {START: "START", EVENTS: "EVENTS", END: "END", OPEN: "OPEN"}
 
 HEADER = struct.Struct(">2sBBI")
 MAX_PAYLOAD = 16 * 1024 * 1024
@@ -91,12 +99,20 @@ def parse_payload(kind: int, body: bytes) -> dict[str, Any]:
         events = payload.get("events")
         if not isinstance(events, list):
             raise FrameError("EVENTS payload has no events list")
+        if "spans" in payload and (
+            not isinstance(payload["spans"], list) or not isinstance(payload.get("trace"), dict)
+        ):
+            raise FrameError("EVENTS payload has spans without a list of them and their trace's header")
     else:
         for key in ("request_id", "trace_id"):
             if not isinstance(payload.get(key), str) or not payload[key]:
                 raise FrameError(f"{KINDS[kind]} payload has no {key}")
         if kind == START and not isinstance(payload.get("deadline_ms"), int):
             raise FrameError("START payload has no integer deadline_ms")
+        if "trace" in payload and not isinstance(payload["trace"], dict):
+            raise FrameError(f"{KINDS[kind]} payload's trace is not an object")
+        if not isinstance(payload.get("open", []), list) or (kind == OPEN and "open" not in payload):
+            raise FrameError(f"{KINDS[kind]} payload has no open list")
     return payload
 
 

@@ -10,7 +10,6 @@ from ._decorate import instrument
 from ._jsonable import to_jsonable
 from ._lambda import deadline_ms, lambda_properties, request_id, take_cold_start
 from ._log import logger
-from ._sinks import invocation_started
 from ._spans import Span, Trace, TraceSpan
 from ._wraps import overload
 
@@ -132,12 +131,11 @@ def posthog_traced(
                 common=common,
             )
             trace.request_id = rid
+            if rid is not None:
+                trace.deadline_ms = deadline_ms(context)
             root = TraceSpan(trace_name, trace, event)
             root.lambda_properties = lambda_properties(context, take_cold_start())
-            root.__enter__()
-            if rid is not None:
-                invocation_started(rid, trace.trace_id, deadline_ms(context))
-            return root
+            return root.__enter__()
 
         return instrument(handler, start)
 

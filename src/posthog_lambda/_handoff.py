@@ -1,8 +1,9 @@
 """Hand finished spans to a streaming sink while the handler runs, also when it stops emitting.
 
-A span's end hands over the trace's finished spans once there are many of them or the oldest
-has waited ``HANDOFF_INTERVAL_S``; a handler that then blocks (a slow model call, a hang that
-ends in a timeout) emits no more span ends, so a ticker thread does the same check on its own.
+A span's end hands over the trace's finished spans once there are many of them or the last
+hand-off was ``HANDOFF_INTERVAL_S`` ago; a handler that then blocks (a slow model call, a hang
+that ends in a timeout) emits no more span ends, so a ticker thread does the same check on its
+own, and also announces invocations that have run that long (see ``Trace.hand_off``).
 It only runs while the environment runs (Lambda freezes it between invocations, harmlessly),
 and it is started with ``_thread`` so that nothing heavier is imported.
 """
@@ -45,7 +46,7 @@ def _tick() -> None:
         now = time.perf_counter()
         for trace in traces:
             try:
-                if trace.pending() and now >= trace.due():
+                if trace.due(now):
                     trace.hand_off()
             except Exception:  # a ticker that dies would silently stop hand-offs
                 from ._log import logger

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ._config import Config
+    from ._spans import Item, Running, Trace
     from ._types import Event, Sink
 
 
@@ -99,15 +100,10 @@ def _automatic(config: Config) -> Sink:
     return DropSink("no POSTHOG_API_KEY and no sink configured")
 
 
-def deliver(events: list[Event], ended: tuple[str, str] | None = None) -> None:
-    """Hand events to the current sink; ``ended`` (request id, trace id) also tells a sink that
-    follows invocations that this one's handler is done. Never raises."""
+def deliver(events: list[Event]) -> None:
+    """Hand events to the current sink. Never raises."""
     try:
         sink = current_sink()
-        final = getattr(sink, "send_final", None)
-        if ended is not None and final is not None:
-            final(events, *ended)
-            return
         if events:
             if not getattr(sink, "fits_events", False):
                 from ._wire import fitted
@@ -116,22 +112,26 @@ def deliver(events: list[Event], ended: tuple[str, str] | None = None) -> None:
             sink.send(events)
     except Exception as exc:
         record_drop("sink_error", len(events), f"{type(exc).__name__}: {exc}")
-    if ended is not None:
-        _notify("invocation_ended", *ended)
 
 
-def invocation_started(request_id: str, trace_id: str, deadline_ms: int) -> None:
-    """Tell a sink that follows invocations (the extension's) that a traced one began."""
-    _notify("invocation_started", request_id, trace_id, deadline_ms)
-
-
-def _notify(method: str, *args: object) -> None:
+def deliver_trace(
+    trace: Trace, items: Sequence[Item], ended: tuple[str, str] | None = None, running: Running | None = None
+) -> None:
+    """Hand a trace's finished spans and events to the current sink. A sink with ``send_trace``
+    (the extension's) takes them as they are, and is told in the same write that the handler
+    is done (``ended``: request id, trace id) or still running (``running``); any other gets
+    the events they stand for. Never raises."""
     try:
-        hook = getattr(current_sink(), method, None)
-        if hook is not None:
-            hook(*args)
+        sink = current_sink()
+        send_trace = getattr(sink, "send_trace", None)
+        if send_trace is not None:
+            send_trace(trace.header(), items, ended, running)
+            return
+        events = [item.to_event() for item in items]
     except Exception as exc:
-        logger.warning("telling the sink %s failed: %s", method, exc)
+        record_drop("sink_error", len(items), f"{type(exc).__name__}: {exc}")
+        return
+    deliver(events)
 
 
 def streams() -> bool:

@@ -16,12 +16,14 @@ from _thread import allocate_lock
 from . import _frames
 from ._config import BATCH_EVENT_LIMIT
 from ._log import logger, record_drop
-from ._wire import encode
+from ._wire import encode, fitted
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import Any
 
+    from ._spans import Item, Running
     from ._types import Event
 
 WRITE_BUDGET_S = 0.05
@@ -45,14 +47,57 @@ class SocketSink:
     def send(self, events: Sequence[Event]) -> None:
         self._write(self._events_frames(events), len(events))
 
-    def send_final(self, events: Sequence[Event], request_id: str, trace_id: str) -> None:
-        """The last events of an invocation and its END, in one write."""
-        end = _frames.encode(_frames.END, {"request_id": request_id, "trace_id": trace_id})
-        self._write(self._events_frames(events) + end, len(events))
+    def send_trace(
+        self,
+        header: dict[str, Any],
+        items: Sequence[Item],
+        ended: tuple[str, str] | None,
+        running: Running | None,
+    ) -> None:
+        """A trace's finished spans (as records, with its header) and events, in one write with
+        its invocation's END (``ended``) or START/OPEN (``running``)."""
+        head = self._running_frame(running) if running is not None else b""
+        tail = b""
+        if ended is not None:
+            tail = _frames.encode(_frames.END, {"request_id": ended[0], "trace_id": ended[1]})
+        self._write(head + self._items_frames(header, items) + tail, len(items))
 
-    def invocation_started(self, request_id: str, trace_id: str, deadline_ms: int) -> None:
-        payload = {"request_id": request_id, "trace_id": trace_id, "deadline_ms": deadline_ms}
-        self._write(_frames.encode(_frames.START, payload), 0)
+    def _running_frame(self, running: Running) -> bytes:
+        """START (first time) or OPEN: the ``$ai_trace`` and running spans as they would be
+        sent, cut to their size limits."""
+        payload: dict[str, Any] = {"request_id": running.request_id, "trace_id": running.trace_id}
+        opened = [fitted(event) for event in running.opened]
+        if running.first:
+            payload["deadline_ms"] = running.deadline_ms
+            if running.trace_event is not None:
+                payload["trace"] = fitted(running.trace_event)
+            payload["open"] = opened
+            return _frames.encode(_frames.START, payload)
+        if opened:
+            payload["open"] = opened
+            return _frames.encode(_frames.OPEN, payload)
+        return b""
+
+    def _items_frames(self, header: dict[str, Any], items: Sequence[Item]) -> bytes:
+        if not items:
+            return b""
+        # Usually one small frame: spans as records, the rare other events whole. If it is within
+        # the smallest per-event limit, so is every event a record stands for.
+        try:
+            records = []
+            events = []
+            for item in items:
+                record = getattr(item, "record", None)
+                if record is not None:
+                    records.append(record())
+                else:
+                    events.append(item.to_event())
+            frame = _frames.encode(_frames.EVENTS, {"events": events, "trace": header, "spans": records})
+            if len(frame) <= BATCH_EVENT_LIMIT:
+                return frame
+        except (TypeError, ValueError, _frames.FrameError):
+            pass
+        return self._events_frames([item.to_event() for item in items])
 
     def _events_frames(self, events: Sequence[Event]) -> bytes:
         if not events:

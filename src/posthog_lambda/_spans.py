@@ -18,19 +18,22 @@ from . import _config, _ids
 from ._context import current, deactivate
 from ._jsonable import SCALARS, to_jsonable
 from ._log import logger, record_drop
+from ._records import FIELDS, HAS_INPUT, HAS_OUTPUT, INPUT, MASK
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from contextvars import Token
     from types import TracebackType
-    from typing import Any, ClassVar, Self, TypeVar
+    from typing import Any, ClassVar, Self, TypeAlias, TypeVar
 
     from ._config import Config
     from ._types import Event
 
     F = TypeVar("F", bound=Callable[..., Any])
     Pending = tuple["dict[str, Any] | None", "bool | None"]
+    Item: TypeAlias = "Span | RawEvent"
+    """What a trace's buffer holds."""
 
 
 class _Missing:
@@ -46,24 +49,32 @@ _wall = time.time
 
 HANDOFF_AT = 64
 """Finished spans a streaming trace collects before handing them over mid-invocation."""
-HANDOFF_INTERVAL_S = 0.25
-"""...or the longest a finished span waits before being handed over mid-invocation."""
+HANDOFF_INTERVAL_S = 0.2
+"""...or the longest a finished span waits before being handed over mid-invocation. An
+invocation still running this long after it began is also announced to the extension then
+(START, with the spans running at that moment), so that a timeout or a crash from then on
+can be reported as a failed trace; shorter invocations never pay for announcing themselves."""
 
 
 class Trace:
     """What all events of one trace share, and the buffer they wait in until the trace ends."""
 
     __slots__ = (
+        "_announce_at",
+        "_announced",
         "_closed",
         "_due",
         "_handoff_at",
+        "_header",
         "_items",
         "_lock",
+        "_started",
         "_taken",
         "_wall0",
         "anonymous",
         "common",
         "config",
+        "deadline_ms",
         "distinct_id",
         "groups",
         "privacy_mode",
@@ -106,12 +117,19 @@ class Trace:
         self.common = common
         self._items: list[Span | RawEvent] = []
         self._taken: list[Span | RawEvent] = []
+        self._header: dict[str, Any] | None = None
+        self._started: list[Span] = []
+        """Spans started, some maybe ended: what a hand-off looks through for running ones."""
+        self._announced = 0
+        """How many of ``_started`` were running when last announced (0: not announced yet)."""
         self._closed = False
         self._lock = allocate_lock()
         # One wall-clock reading per trace; spans take their wall time from perf_counter.
         self._wall0 = _wall() - _perf()
         self.request_id: str | None = None
         """The Lambda request this trace belongs to, when a traced handler started it."""
+        self.deadline_ms = 0
+        """When that request times out (Unix ms)."""
         # A sink that streams gets finished spans while the handler runs, so that a timeout
         # or a crash later in the invocation cannot take them with it.
         from ._sinks import streams
@@ -120,11 +138,26 @@ class Trace:
             from ._handoff import watch
 
             self._handoff_at = HANDOFF_AT
-            self._due = _perf() + HANDOFF_INTERVAL_S
+            self._due = self._announce_at = _perf() + HANDOFF_INTERVAL_S
             watch(self)
         else:
             self._handoff_at = 1 << 62
-            self._due = float("inf")
+            self._due = self._announce_at = float("inf")
+
+    def header(self) -> dict[str, Any]:
+        """What every event of this trace shares, as ``_records`` reads it (made once)."""
+        header = self._header
+        if header is None:
+            header = self._header = {
+                "t": self.trace_id,
+                "d": self.distinct_id,
+                "a": self.anonymous,
+                "s": self.session_id,
+                "g": self.groups,
+                "pm": self.privacy_mode,
+                "c": self.common,
+            }
+        return header
 
     def wall_at(self, perf: float) -> float:
         """The wall-clock time (Unix seconds) of a perf_counter() reading."""
@@ -162,11 +195,17 @@ class Trace:
     def pending(self) -> int:
         return len(self._items)
 
-    def due(self) -> float:
-        return self._due
+    def due(self, now: float) -> bool:
+        """Whether the ticker should hand over now: finished spans or an announcement wait."""
+        if now < self._due:
+            return False
+        # Finished spans to hand over, or (in a handler's trace) spans started since the last
+        # announcement, or the invocation itself not announced yet.
+        return bool(self._items) or (self.request_id is not None and len(self._started) != self._announced)
 
     def hand_off(self) -> None:
-        """Send what has finished so far, without closing the trace."""
+        """Send what has finished so far, without closing the trace; in a handler's trace,
+        also announce the invocation and the spans still running (once each)."""
         with self._lock:
             if self._closed:
                 return
@@ -174,21 +213,71 @@ class Trace:
             batch = self._items[:count]
             # Atomic under the GIL: spans appended meanwhile stay for the next hand-off.
             del self._items[:count]
-            self._due = _perf() + HANDOFF_INTERVAL_S
-        from ._sinks import deliver
+            now = _perf()
+            self._due = now + HANDOFF_INTERVAL_S
+            running = self._running() if self.request_id is not None and now >= self._announce_at else None
+        from ._sinks import deliver_trace
 
-        deliver([item.to_event() for item in batch])
+        deliver_trace(self, batch, running=running)
+
+    def _running(self) -> Running:
+        """What the extension needs to report this invocation as failed if it never ends: the
+        ``$ai_trace`` as it would be sent (first time only) and each span running now, not
+        yet announced, as its event would be; the extension fills in the error and latency."""
+        count = len(self._started)
+        started = self._started[:count]
+        del self._started[:count]
+        running = [span for span in started if span._latency is None]
+        self._started.extend(running)  # ended spans need no more looking at
+        trace_event = None
+        opened: list[Event] = []
+        for span in running:
+            if span._announced:
+                continue
+            span._announced = True
+            span.span_id  # noqa: B018  # made now: its event, when it ends, must carry the same id
+            event = span.to_event()
+            if span._owns_trace:
+                trace_event = event
+            else:
+                opened.append(event)
+        first = not self._announced
+        self._announced = len(running) or -1
+        return Running(self.request_id or "", self.trace_id, self.deadline_ms, first, trace_event, opened)
 
     def close(self) -> list[Span | RawEvent]:
         with self._lock:
             self._closed = True
             self._taken = list(self._items)
             self._items = []
+            self._started = []
         if self._due != float("inf"):
             from ._handoff import unwatch
 
             unwatch(self)
         return self._taken
+
+
+class Running:
+    """A running invocation's announcement (see ``Trace.hand_off``)."""
+
+    __slots__ = ("deadline_ms", "first", "opened", "request_id", "trace_event", "trace_id")
+
+    def __init__(
+        self,
+        request_id: str,
+        trace_id: str,
+        deadline_ms: int,
+        first: bool,
+        trace_event: Event | None,
+        opened: list[Event],
+    ) -> None:
+        self.request_id = request_id
+        self.trace_id = trace_id
+        self.deadline_ms = deadline_ms
+        self.first = first
+        self.trace_event = trace_event
+        self.opened = opened
 
 
 class RawEvent:
@@ -236,6 +325,8 @@ class Span:
     _error: str | None = None
     _owns_trace: bool = False
     _copies: list[Span] | None = None
+    _announced: bool = False
+    """Told to the extension as running (see ``Trace.hand_off``)."""
 
     def __init__(
         self,
@@ -282,6 +373,7 @@ class Span:
                     self._owns_trace = True
                     self.parent_id = trace.trace_id
             self._start = _perf()
+            trace._started.append(self)
             value = self._input
             if value is not MISSING:
                 if not trace.record_input:
@@ -327,11 +419,11 @@ class Span:
                 items.append(self)
                 if not trace._closed:
                     if self._owns_trace:
-                        from ._sinks import deliver
+                        from ._sinks import deliver_trace
 
                         request = trace.request_id
                         ended = (request, trace.trace_id) if request else None
-                        deliver([item.to_event() for item in trace.close()], ended)
+                        deliver_trace(trace, trace.close(), ended)
                     elif len(items) >= trace._handoff_at or now >= trace._due:
                         trace.hand_off()
                     return
@@ -465,33 +557,39 @@ class Span:
 
     # -- turning into an event -------------------------------------------------------------
 
-    def library_properties(self) -> dict[str, Any]:
-        """The ``$ai_*`` properties this span sets; they win over user properties."""
-        props: dict[str, Any] = {
-            "$ai_trace_id": self._trace.trace_id,
-            "$ai_span_id": self.span_id,
-            "$ai_parent_id": self.parent_id,
-            "$ai_span_name": self.name,
-            "$ai_latency": self._latency,
-            "$ai_is_error": self._error is not None,
-        }
-        if self._error is not None:
-            props["$ai_error"] = self._error
-        if self._trace.session_id is not None:
-            props["$ai_session_id"] = self._trace.session_id
-        if self._input is not MISSING:
-            props["$ai_input_state"] = self._input
-        if self._output is not MISSING:
-            props["$ai_output_state"] = self._output
-        return props
-
-    def end_wall(self) -> float:
-        return self._trace.wall_at((self._start or 0.0) + (self._latency or 0.0))
+    def record(self) -> list[Any]:
+        """The finished span as a compact record (``_records``): what leaves the handler."""
+        start = self._start or 0.0
+        latency = self._latency or 0.0
+        # Positions as _records defines them; written out, as this runs once per span.
+        record: list[Any] = [
+            self.kind,
+            self.name,
+            self.parent_id,
+            int(self._trace.wall_at(start + latency) * 1e6),
+            int(latency * 1e9),
+            self._id,
+            self._error,
+            self._properties,
+            None,
+            0,
+        ]
+        value = self._input
+        if value is not MISSING:
+            record[MASK] = HAS_INPUT
+            record.append(value)
+        value = self._output
+        if value is not MISSING:
+            if len(record) == INPUT:
+                record.append(None)
+            record[MASK] |= HAS_OUTPUT
+            record.append(value)
+        return record
 
     def to_event(self) -> Event:
-        from ._events import assemble
+        from ._records import expand
 
-        return assemble(self.kind, self._trace, self.library_properties(), self._properties, self.end_wall())
+        return expand(self._trace.header(), self.record())
 
 
 def describe_error(error: BaseException | str) -> str:
@@ -503,15 +601,6 @@ def describe_error(error: BaseException | str) -> str:
             message = ""
         return f"{type(error).__name__}: {message}" if message else type(error).__name__
     return str(error)
-
-
-def _as_messages(value: Any, role: str) -> Any:
-    """PostHog renders ``[{role, content}]``; a bare string becomes one message."""
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    if isinstance(value, dict):
-        return [value]
-    return value
 
 
 _MAX_TOKEN_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -672,9 +761,6 @@ class Generation(Span):
         except Exception:
             logger.exception("generation update failed; the generation keeps what it had")
 
-    def _shape_input(self, value: Any) -> Any:
-        return _as_messages(value, "user")
-
     def _set_model_parameters(self, params: Mapping[str, Any]) -> None:
         converted = self._trace.capture(dict(params))
         self._set("$ai_model_parameters", converted)
@@ -686,22 +772,19 @@ class Generation(Span):
         if "stream" in converted and (self._fields is None or "$ai_stream" not in self._fields):
             self._set("$ai_stream", bool(converted["stream"]))
 
-    def library_properties(self) -> dict[str, Any]:
-        props = super().library_properties()
-        props["$ai_generation_id"] = props["$ai_span_id"]
-        # Generations carry their messages in $ai_input / $ai_output_choices, not *_state.
-        if "$ai_input_state" in props:
-            props["$ai_input"] = self._shape_input(props.pop("$ai_input_state"))
-        output = props.pop("$ai_output_state", MISSING)
-        if output is MISSING and self._chunks:
-            output = "".join(self._chunks)
-        if output is not MISSING:
-            props["$ai_output_choices"] = _as_messages(output, "assistant")
-        if self._first_token is not None:
-            props["$ai_time_to_first_token"] = self._first_token
-        if self._fields:
-            props.update(self._fields)
-        return props
+    def record(self) -> list[Any]:
+        record = super().record()
+        if not record[MASK] & HAS_OUTPUT and self._chunks:
+            if len(record) == INPUT:
+                record.append(None)
+            record[MASK] |= HAS_OUTPUT
+            record.append("".join(self._chunks))
+        if self._first_token is not None or self._fields:
+            fields = dict(self._fields) if self._fields else {}
+            if self._first_token is not None:
+                fields["$ai_time_to_first_token"] = self._first_token
+            record[FIELDS] = fields
+        return record
 
 
 class Embedding(Generation):
@@ -710,15 +793,6 @@ class Embedding(Generation):
     kind: ClassVar[str] = "$ai_embedding"
     default_name: ClassVar[str] = "embedding"
     __slots__ = ()
-
-    def _shape_input(self, value: Any) -> Any:
-        # Embedding input is a string or a list of strings, not chat messages.
-        return value
-
-    def library_properties(self) -> dict[str, Any]:
-        props = super().library_properties()
-        del props["$ai_generation_id"]
-        return props
 
 
 class TraceSpan(Span):
@@ -742,9 +816,8 @@ class TraceSpan(Span):
         super()._record_error(error)
         self._trace.add(RawEvent("$exception", self._trace, exception_properties(error, self._trace)))
 
-    def library_properties(self) -> dict[str, Any]:
-        props = super().library_properties()
-        del props["$ai_span_id"], props["$ai_parent_id"]
+    def record(self) -> list[Any]:
+        record = super().record()
         if self.lambda_properties:
-            props.update(self.lambda_properties)
-        return props
+            record[FIELDS] = self.lambda_properties
+        return record

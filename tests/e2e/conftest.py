@@ -56,7 +56,9 @@ class Deployment:
     def code(self, source: str) -> None:
         (self.function / "app.py").write_text(source)
 
-    def environment(self, flush: str = "end", timeout_s: float = 5.0, **env: str) -> LambdaEnvironment:
+    def environment(
+        self, flush: str = "end", timeout_s: float = 5.0, telemetry_api: str = "on", **env: str
+    ) -> LambdaEnvironment:
         variables = {
             "POSTHOG_API_KEY": KEY,
             "POSTHOG_HOST": self.posthog.url,
@@ -65,7 +67,14 @@ class Deployment:
             "POSTHOG_LAMBDA_SPOOL_DIR": str(self.spool),
             **env,
         }
-        return LambdaEnvironment(self.function, "app.handler", layer_dir=self.layer, env=variables, timeout_s=timeout_s)
+        return LambdaEnvironment(
+            self.function,
+            "app.handler",
+            layer_dir=self.layer,
+            env=variables,
+            timeout_s=timeout_s,
+            telemetry_api=telemetry_api,
+        )
 
 
 @pytest.fixture

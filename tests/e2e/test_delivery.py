@@ -121,9 +121,11 @@ def test_spans_completed_before_a_timeout_arrive(deployment: Deployment) -> None
         result = env.invoke({"q": "q", "sleep": 10})
         env.shutdown()
     assert result.status == "timeout"
-    events = deployment.posthog.wait_for_events(2, timeout=10, predicate=from_function)
-    names = sorted(e.event["properties"].get("$ai_span_name") for e in events)
+    # The two spans, and the trace the extension reports as failed (tests/e2e/test_failures.py).
+    events = deployment.posthog.wait_for_events(3, timeout=10, predicate=from_function)
+    names = sorted(e.event["properties"].get("$ai_span_name") for e in events if e.name != "$ai_trace")
     assert names == ["answer", "retrieve"]
+    assert [e.event["properties"]["lambda_status"] for e in events if e.name == "$ai_trace"] == ["timeout"]
     assert deployment.posthog.duplicates == 0
 
 

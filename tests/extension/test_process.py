@@ -215,6 +215,8 @@ def test_frames_that_arrive_before_the_invoke_and_the_spool(run: Run) -> None:
     run.api.invoke("req-1", seconds=30)
     run.api.wait_next(2)
     assert time.monotonic() - started < 5  # the END in the spool ended the wait, not the deadline
+    # Both in that invocation's flush: the socket's reader, a thread of its own, had taken in
+    # what was written before the flush began.
     assert sorted(str(e.uuid) for e in run.posthog.events) == sorted([early["uuid"], spooled["uuid"]])
     assert not os.listdir(run.spool_dir)
     run.api.shutdown()

@@ -299,3 +299,17 @@ def test_the_spool_is_drained_whole_and_removed(harness: Harness) -> None:
 def test_a_missing_spool_directory_is_nothing_to_drain(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     assert h.spool.drain() == 0
+
+
+def test_settle_waits_until_what_an_open_connection_wrote_is_taken_in(harness: Harness) -> None:
+    # The function's connection stays open across invocations: no EOF tells the server it has
+    # everything. settle() returns once nothing written is left unread.
+    items = [make_event(pad=20_000) for _ in range(50)]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(TIMEOUT)
+        client.connect(harness.path)
+        for item in items:
+            client.sendall(events_frame(item))
+        assert harness.server.settle(TIMEOUT)
+        assert sorted(harness.uuids()) == sorted(e["uuid"] for e in items)
+        assert harness.server.settle(0)  # nothing more: returns at once

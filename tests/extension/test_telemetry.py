@@ -23,7 +23,8 @@ from posthog_lambda_extension._drops import Drops
 from posthog_lambda_extension._invocations import Invocations
 from posthog_lambda_extension._loop import END_AFTER_DONE_S, START_GRACE_S, Extension
 from posthog_lambda_extension._settings import Settings
-from posthog_lambda_extension._telemetry import DEFAULT_PRICES, Telemetry, Traces
+from posthog_lambda_extension._telemetry import DEFAULT_PRICES, Telemetry
+from posthog_lambda_extension._traces import Traces
 from tests.extension import make_event
 
 SAM = {"AWS_SAM_LOCAL": "true"}  # binds 0.0.0.0: sandbox.localdomain resolves only in Lambda
@@ -249,7 +250,7 @@ def test_a_report_goes_on_its_buffered_trace_found_by_request_id() -> None:
 
 def test_a_trace_without_request_id_is_found_by_its_start_frame() -> None:
     telemetry, buffer = setup()
-    telemetry.traces.start("r1", "t1")
+    telemetry.traces.start({"request_id": "r1", "trace_id": "t1", "deadline_ms": 0})
     buffered_trace(buffer, telemetry.traces, "r1", "t1")
     telemetry.receive([report("r1")])
     assert telemetry.apply(buffer) == 1

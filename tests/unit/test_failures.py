@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from posthog_lambda import (
-    _events,
     _handler,
     _jsonable,
+    _records,
     _spans,
     configure,
     dropped_counts,
@@ -46,10 +46,10 @@ def _handler_with_spans() -> Any:
     [
         (_handler, "lambda_properties"),  # starting the trace
         (_spans.Trace, "close"),  # ending the trace
-        (_events, "assemble"),  # building events
+        (_records, "expand"),  # building events
         (_handler, "take_cold_start"),
         (_handler, "_handler_arguments"),
-        (_spans.Span, "library_properties"),
+        (_spans.Span, "record"),
     ],
 )
 def test_library_failure_never_reaches_the_handler(
@@ -70,7 +70,7 @@ def test_a_value_that_cannot_be_converted_is_described_not_raised(
 
 
 def test_user_exception_still_passes_through_when_the_library_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_events, "assemble", _boom)
+    monkeypatch.setattr(_records, "expand", _boom)
 
     class Mine(Exception):
         pass

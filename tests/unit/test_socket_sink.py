@@ -11,11 +11,17 @@ from typing import Any
 
 import pytest
 
-from posthog_lambda import _frames, posthog_traced, span
+from posthog_lambda import _frames, _records, generation, posthog_traced, span
 from posthog_lambda._sinks import current_sink
 from posthog_lambda._socket_sink import SocketSink
 from posthog_lambda._spans import HANDOFF_AT
 from tests.helpers import LambdaContext
+
+
+def frame_events(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """An EVENTS frame's events, its span records expanded as the extension does."""
+    spans = [_records.expand(payload["trace"], record) for record in payload.get("spans", [])]
+    return [*spans, *payload["events"]]
 
 
 class Listener:
@@ -58,11 +64,16 @@ class Listener:
 
     def events(self) -> list[dict[str, Any]]:
         with self.changed:
-            return [e for kind, p in self.frames if kind == _frames.EVENTS for e in p["events"]]
+            return [e for kind, p in self.frames if kind == _frames.EVENTS for e in frame_events(p)]
 
     def wait_events(self, count: int, timeout: float = 5.0) -> None:
         with self.changed:
             assert self.changed.wait_for(lambda: len(self.events()) >= count, timeout), self.frames
+
+    def wait_frame(self, kind: int, timeout: float = 5.0) -> dict[str, Any]:
+        with self.changed:
+            assert self.changed.wait_for(lambda: any(k == kind for k, _ in self.frames), timeout), self.frames
+            return next(p for k, p in self.frames if k == kind)
 
     def close(self) -> None:
         self._server.close()
@@ -98,7 +109,7 @@ def test_the_socket_sink_is_chosen_when_the_extension_socket_exists(listener: Li
     assert isinstance(current_sink(), SocketSink)
 
 
-def test_start_events_end_in_order_and_spans_handed_over_while_the_handler_runs(listener: Listener) -> None:
+def test_events_then_end_and_spans_handed_over_while_the_handler_runs(listener: Listener) -> None:
     spans = HANDOFF_AT * 3
     seen_mid_invocation: list[int] = []
 
@@ -115,17 +126,56 @@ def test_start_events_end_in_order_and_spans_handed_over_while_the_handler_runs(
     assert handler({}, LambdaContext("req-9")) == "ok"
     listener.wait_events(spans + 1)
     kinds = [kind for kind, _ in listener.frames]
-    assert kinds[0] == _frames.START
+    # A quick invocation is not announced: its END is the only frame about it.
+    assert _frames.START not in kinds
     assert kinds[-1] == _frames.END
-    start, end = listener.frames[0][1], listener.frames[-1][1]
-    assert start["request_id"] == end["request_id"] == "req-9"
-    assert start["deadline_ms"] > time.time() * 1000  # the context says 3 s remain
+    end = listener.frames[-1][1]
+    assert end["request_id"] == "req-9"
     assert seen_mid_invocation[0] >= HANDOFF_AT
     events = listener.events()
     assert len(events) == spans + 1
     assert len({e["uuid"] for e in events}) == spans + 1
     assert events[-1]["event"] == "$ai_trace"
-    assert {e["properties"]["$ai_trace_id"] for e in events} == {start["trace_id"]}
+    assert {e["properties"]["$ai_trace_id"] for e in events} == {end["trace_id"]}
+
+
+def test_a_long_invocation_is_announced_with_its_trace_and_running_spans(listener: Listener) -> None:
+    announced: list[dict[str, Any]] = []
+
+    @posthog_traced(name="agent")
+    def handler(event: Any, context: Any) -> str:
+        with span("done-early"):
+            pass
+        with span("outer"), span("model-call", input="q") as inner:
+            # Blocked here (a slow model call): the ticker announces the invocation.
+            announced.append(listener.wait_frame(_frames.START))
+            with generation("late", model="m"):
+                listener.wait_frame(_frames.OPEN)
+            inner.update(output="a")
+        return "ok"
+
+    assert handler({"q": 1}, LambdaContext("req-5")) == "ok"
+    listener.wait_events(5)
+    start = announced[0]
+    assert start["request_id"] == "req-5"
+    assert start["deadline_ms"] > time.time() * 1000  # the context says 3 s remain
+    trace = start["trace"]
+    assert trace["event"] == "$ai_trace"
+    assert trace["properties"]["$ai_span_name"] == "agent"
+    assert trace["properties"]["$ai_trace_id"] == start["trace_id"]
+    assert trace["properties"]["lambda_request_id"] == "req-5"
+    # The spans running at that moment, parent first; the finished one came as an event.
+    assert [e["properties"]["$ai_span_name"] for e in start["open"]] == ["outer", "model-call"]
+    outer, model_call = start["open"]
+    assert model_call["properties"]["$ai_parent_id"] == outer["properties"]["$ai_span_id"]
+    assert model_call["properties"]["$ai_input_state"] == "q"
+    opened = [p for k, p in listener.frames if k == _frames.OPEN]
+    assert [e["event"] for p in opened for e in p["open"]] == ["$ai_generation"]
+    # Each span announced once; when they end they come as ordinary events, same ids.
+    events = {e["properties"].get("$ai_span_name"): e for e in listener.events()}
+    assert events["model-call"]["properties"]["$ai_span_id"] == model_call["properties"]["$ai_span_id"]
+    assert events["model-call"]["properties"]["$ai_output_state"] == "a"
+    assert listener.frames[-1][0] == _frames.END
 
 
 def test_no_listener_means_the_spool(paths: tuple[Path, Path]) -> None:
@@ -143,8 +193,8 @@ def test_no_listener_means_the_spool(paths: tuple[Path, Path]) -> None:
 
     assert handler({}, LambdaContext("req-1")) == "ok"
     frames = spooled(spool)
-    assert [kind for kind, _ in frames] == [_frames.START, _frames.EVENTS, _frames.END]
-    assert [e["event"] for e in frames[1][1]["events"]] == ["$ai_span", "$ai_trace"]
+    assert [kind for kind, _ in frames] == [_frames.EVENTS, _frames.END]
+    assert [e["event"] for e in frame_events(frames[0][1])] == ["$ai_span", "$ai_trace"]
 
 
 def test_a_listener_that_stops_reading_cannot_hold_the_handler(paths: tuple[Path, Path]) -> None:
@@ -164,7 +214,7 @@ def test_a_listener_that_stops_reading_cannot_hold_the_handler(paths: tuple[Path
     finally:
         stuck.close()
     # What the stuck listener never took is in the spool, whole frames only.
-    events = [e for kind, p in spooled(spool) if kind == _frames.EVENTS for e in p["events"]]
+    events = [e for kind, p in spooled(spool) if kind == _frames.EVENTS for e in frame_events(p)]
     assert {e["event"] for e in events} <= {"$ai_span", "$ai_trace"}
     assert "$ai_trace" in {e["event"] for e in events}
 

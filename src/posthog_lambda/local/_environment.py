@@ -50,6 +50,9 @@ SHUTDOWN_LIMIT_S = 2.0
 RUNTIME_SHUTDOWN_S = 0.3
 """Of the shutdown budget, what the runtime gets after SIGTERM before SIGKILL."""
 ACCOUNT_ID = "123456789012"
+TELEMETRY_MODES = ("on", "refused", "unreachable")
+"""``telemetry_api=``: subscriptions work; are refused (400, as where the API is missing, e.g.
+``sam local``); or are accepted but nothing is ever delivered to the listener."""
 
 
 def _ms(seconds: float) -> float:
@@ -154,6 +157,7 @@ class LambdaEnvironment:
     ``with LambdaEnvironment(function_dir, "app.handler", layer_dir=...) as env:
     result = env.invoke({...})``. Init happens on the first invoke, as for on-demand
     concurrency. Every process it starts is stopped when the block ends, also on errors.
+    ``telemetry_api`` breaks the Telemetry API on purpose (see ``TELEMETRY_MODES``).
     """
 
     def __init__(
@@ -168,7 +172,11 @@ class LambdaEnvironment:
         function_name: str = "local-function",
         region: str = "us-east-1",
         echo_logs: Callable[[str], None] | None = None,
+        telemetry_api: str = "on",
     ) -> None:
+        if telemetry_api not in TELEMETRY_MODES:
+            raise ValueError(f"telemetry_api={telemetry_api!r}: one of {', '.join(TELEMETRY_MODES)}")
+        self.telemetry_api = telemetry_api
         self.function_dir = Path(function_dir).resolve()
         self.handler = handler
         self.layer_dir = Path(layer_dir).resolve() if layer_dir is not None else None
@@ -688,10 +696,13 @@ class LambdaEnvironment:
                 return 403, _err("Extension.InvalidExtensionIdentifier", "register first")
             if self._phase != "init":
                 return 400, _err("ValidationError", "Telemetry API subscriptions are accepted during Init only")
+        if self.telemetry_api == "refused":
+            return 400, _err("ValidationError", "the Telemetry API is not available in this environment")
         problem = validate(body)
         if problem is not None:
             return 400, _err("ValidationError", problem)
-        self._telemetry.subscribe(extension.name, body)
+        if self.telemetry_api == "on":
+            self._telemetry.subscribe(extension.name, body)
         return 200, "OK"
 
     def _runtime_next(self) -> tuple[bytes, dict[str, str]]:

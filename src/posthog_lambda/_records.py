@@ -1,0 +1,101 @@
+"""A finished span as a compact record, and the PostHog event it stands for.
+
+Making an event (two random ids, a timestamp, a dozen properties with a trace id repeated in
+each) and serializing it costs several times what the span itself did, and in a traced handler
+it happens as the handler returns, on the response path. So spans leave the handler's process
+as records (short keys, only what is set, no id the extension can make itself) with one header
+per trace, and the extension turns them into events with ``expand``, the same function this
+library uses for every other sink: both sides make the same events.
+
+Standard library only: the extension imports it too.
+"""
+
+from __future__ import annotations
+
+from . import _ids
+from ._events import make_event
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ._types import Event
+
+# A record is a list, by position (JSON writes a list of numbers much faster than an object
+# of floats): kind, name, parent id, end (Unix microseconds), latency (nanoseconds), then
+# optional items, None when absent: the span's id (when something already used it: a child,
+# the user; else the reader makes one), error, user properties, ``$ai_*`` fields the library
+# sets beyond the common ones (model, tokens, Lambda figures...), and input and output, each
+# present only when the mask says so (None is a legitimate input or output).
+KIND, NAME, PARENT, END_US, LATENCY_NS, ID, ERROR, PROPERTIES, FIELDS, MASK, INPUT, OUTPUT = range(12)
+HAS_INPUT = 1
+HAS_OUTPUT = 2
+
+# Header keys: what every event of a trace shares.
+TRACE_ID = "t"
+DISTINCT_ID = "d"
+ANONYMOUS = "a"
+SESSION_ID = "s"
+GROUPS = "g"
+PRIVACY = "pm"
+COMMON = "c"
+
+
+def _messages(value: Any, role: str) -> Any:
+    """PostHog renders ``[{role, content}]``; a bare string becomes one message."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, dict):
+        return [value]
+    return value
+
+
+def expand(header: dict[str, Any], record: list[Any]) -> Event:
+    """The event ``record`` stands for. Precedence, lowest first: the trace's shared properties,
+    the span's custom properties, what the library sets (a user's property never overwrites a
+    ``$ai_*`` field). Raises KeyError, IndexError, TypeError or ValueError for a malformed one."""
+    kind, name, parent, end_us, latency_ns, span_id, error, user, fields, mask = record[:10]
+    if not isinstance(kind, str) or not isinstance(end_us, int) or not isinstance(latency_ns, int):
+        raise TypeError(f"not a span record: {record!r:.80}")
+    trace_id: str = header[TRACE_ID]
+    library: dict[str, Any] = {"$ai_trace_id": trace_id}
+    if kind != "$ai_trace":
+        span_id = span_id or _ids.uuid4()
+        library["$ai_span_id"] = span_id
+        library["$ai_parent_id"] = parent
+    library["$ai_span_name"] = name
+    library["$ai_latency"] = latency_ns / 1e9
+    library["$ai_is_error"] = error is not None
+    if error is not None:
+        library["$ai_error"] = error
+    session_id = header.get(SESSION_ID)
+    if session_id is not None:
+        library["$ai_session_id"] = session_id
+    if kind == "$ai_generation" or kind == "$ai_embedding":
+        if kind == "$ai_generation":
+            library["$ai_generation_id"] = span_id
+        if mask & HAS_INPUT:
+            # Embedding input is a string or a list of strings, not chat messages.
+            value = record[INPUT]
+            library["$ai_input"] = _messages(value, "user") if kind == "$ai_generation" else value
+        if mask & HAS_OUTPUT:
+            library["$ai_output_choices"] = _messages(record[OUTPUT], "assistant")
+    else:
+        if mask & HAS_INPUT:
+            library["$ai_input_state"] = record[INPUT]
+        if mask & HAS_OUTPUT:
+            library["$ai_output_state"] = record[OUTPUT]
+    if fields:
+        library.update(fields)
+    end = end_us / 1e6
+    return make_event(
+        kind,
+        header[DISTINCT_ID],
+        library,
+        user,
+        end,
+        header.get(COMMON),
+        header.get(GROUPS),
+        bool(header.get(ANONYMOUS)),
+        bool(header.get(PRIVACY)),
+    )
