@@ -16,6 +16,8 @@ from ._spans import Embedding, Generation, Span
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._executor import ContextExecutor
     from ._types import Event, Sink
 
@@ -37,11 +39,24 @@ __all__ = [
     "dropped_counts",
     "embedding",
     "generation",
+    "posthog_client",
     "posthog_traced",
     "span",
 ]
 
 _LAZY = {"ContextExecutor": "._executor", "Event": "._types", "Sink": "._types"}
+
+
+def posthog_client() -> Any:
+    """A PostHog client for posthog-python's AI wrappers: ``posthog_client=`` of
+    ``posthog.ai.openai.OpenAI``, ``posthog.ai.anthropic.Anthropic`` (their async and Gemini
+    siblings too), ``client=`` of ``posthog.ai.langchain.CallbackHandler``. Inside a
+    ``@posthog_traced`` handler their events join its trace under the running span, with its
+    user, session, groups, privacy mode and redaction; outside one they are sent as they are.
+    No flush needed. Its module loads on the first call, off the import path."""
+    from ._client import posthog_client as client
+
+    return client()
 
 
 def __getattr__(name: str) -> object:

@@ -35,6 +35,7 @@ def _emit(
             distinct_id=distinct_id or known,
             privacy_mode=host.privacy_mode,
             groups=host.groups,
+            detached=True,
         )
     else:
         trace = host = Trace(config, trace_id=trace_id, distinct_id=distinct_id)

@@ -57,7 +57,10 @@ can be reported as a failed trace; shorter invocations never pay for announcing 
 
 
 class Trace:
-    """What all events of one trace share, and the buffer they wait in until the trace ends."""
+    """What all events of one trace share, and the buffer they wait in until the trace ends.
+
+    ``detached``: only describes events that wait in another trace's buffer (never handed off
+    on its own, so never watched by the hand-off ticker)."""
 
     __slots__ = (
         "_announce_at",
@@ -98,6 +101,7 @@ class Trace:
         capture_output: bool | None = None,
         groups: dict[str, Any] | None = None,
         common: dict[str, Any] | None = None,
+        detached: bool = False,
     ) -> None:
         self.config = config
         self.trace_id = trace_id or _ids.uuid7()
@@ -134,7 +138,7 @@ class Trace:
         # or a crash later in the invocation cannot take them with it.
         from ._sinks import streams
 
-        if streams():
+        if not detached and streams():
             from ._handoff import watch
 
             self._handoff_at = HANDOFF_AT

@@ -63,8 +63,10 @@ class Harness:
         closed the connection first)."""
         before = self.intake.finished
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-            client.settimeout(TIMEOUT)
+            # Blocking: waits while the backlog is full (with a timeout set, a Unix socket's
+            # connect fails at once instead: many clients at once on a busy machine).
             client.connect(self.path)
+            client.settimeout(TIMEOUT)
             for chunk in chunks:
                 try:
                     client.sendall(chunk)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from posthog_lambda import capture_feedback, capture_metric, current_span, dropped_counts, posthog_traced
-from tests.helpers import by_kind, one
+from tests.helpers import LambdaContext, by_kind, one
 
 
 def test_feedback_and_metric_outside_a_handler_are_sent_at_once(events: list[Any]) -> None:
@@ -57,3 +57,30 @@ def test_feedback_without_a_trace_id_is_refused_counted_not_raised(events: list[
     assert by_kind(events, "$ai_feedback") == []
     assert by_kind(events, "$ai_metric") == []
     assert dropped_counts()["invalid_trace_id"] - before == 2
+
+
+def test_feedback_inside_a_streaming_handler_leaves_nothing_watched() -> None:
+    # With the extension's socket sink, every trace is watched by the hand-off ticker until it
+    # closes; the trace describing a feedback event waits in the handler's and must not be.
+    from posthog_lambda import _handoff, _sinks
+
+    class Streaming:
+        streams = True
+
+        def send(self, events: Any) -> None:
+            pass
+
+    sink = Streaming()
+    _sinks.push_override(sink)
+    try:
+
+        @posthog_traced
+        def handler(event: Any, context: Any) -> str:
+            for n in range(3):
+                capture_feedback(f"trace-{n}", "bad")
+            return "ok"
+
+        assert handler({}, LambdaContext("r1")) == "ok"
+        assert _handoff._watched == set()
+    finally:
+        _sinks.pop_override(sink)
