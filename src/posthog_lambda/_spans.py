@@ -219,7 +219,11 @@ class Trace:
             del self._items[:count]
             now = _perf()
             self._due = now + HANDOFF_INTERVAL_S
-            running = self._running() if self.request_id is not None and now >= self._announce_at else None
+            running = None
+            if self.request_id is None:
+                del self._started[:]  # only a handler's invocation is announced
+            elif now >= self._announce_at:
+                running = self._running()
         from ._sinks import deliver_trace
 
         deliver_trace(self, batch, running=running)
