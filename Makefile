@@ -37,13 +37,9 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
+# Every benchmark, each with --write: BENCHMARKS.md, README's figures and bench/results/ rewritten.
 bench: layer $(BENCH_STAMP)
-	$(BIN)/python bench/span_cost.py --write
-	$(BIN)/python bench/import_cost.py --write
-	$(BIN)/python bench/emulator_latency.py --write
-	$(BIN)/python bench/e2e_overhead.py --write
-	$(BIN)/python bench/extension_start.py --write
-	$(BIN)/python bench/layer_size.py --write
+	$(BIN)/python bench/run_all.py
 
 lock:
 	rm -rf /tmp/posthog-lambda-lock && $(PYTHON) -m venv /tmp/posthog-lambda-lock

@@ -1,21 +1,29 @@
-"""What both benchmarks share: statistics, a description of the run, and BENCHMARKS.md sections."""
+"""What the benchmarks share: statistics, a description of the run, marked sections of BENCHMARKS.md
+and README.md, the layer, and function directories with third-party packages."""
 
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import importlib.util
 import os
 import platform
 import shlex
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+README_MD = ROOT / "README.md"
+RESULTS = ROOT / "bench" / "results"
 
 
 def median(values: Sequence[float]) -> float:
@@ -57,19 +65,23 @@ def _git(*args: str) -> str:
 
 
 def _library_revision() -> str:
-    # src/ changes while benchmarks are run and rerun: say which code the figures belong to.
+    # The code changes while benchmarks are run and rerun: say which code the figures belong to.
     try:
         head = _git("rev-parse", "--short", "HEAD")
-        changed = _git("status", "--porcelain", "--", "src")
+        changed = _git("status", "--porcelain", "--", "src", "extension", "layer")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (no git history)"
-    return f"commit {head} plus uncommitted changes in src/" if changed else f"commit {head}"
+    return f"commit {head} plus uncommitted changes in src/, extension/ or layer/" if changed else f"commit {head}"
+
+
+def now_utc() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def run_description() -> str:
     """Machine, date and exact command, as markdown lines to put above a result table."""
     python = f"{platform.python_implementation()} {platform.python_version()}"
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    now = now_utc()
     command = shlex.join([_from_root(sys.executable), _from_root(sys.argv[0]), *sys.argv[1:]])
     return (
         f"- Machine: {platform.platform()}, {_cpu_model()}, nproc {_nproc()}, {python}\n"
@@ -79,17 +91,82 @@ def run_description() -> str:
     )
 
 
-def write_section(name: str, body: str) -> None:
-    """Replace what lies between ``<!-- name:start -->`` and ``<!-- name:end -->`` in BENCHMARKS.md."""
+def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
+    """Replace what lies between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path``."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = BENCHMARKS_MD.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8")
     before, found_start, rest = text.partition(start)
     _, found_end, after = rest.partition(end)
     if not found_start or not found_end:
         # Appending instead would leave a stale copy of the section behind; better to stop.
-        raise SystemExit(f"{BENCHMARKS_MD} has no {start} ... {end} pair to rewrite")
-    BENCHMARKS_MD.write_text(f"{before}{start}\n{body.strip()}\n{end}{after}", encoding="utf-8")
-    print(f"rewrote the {name} section of {BENCHMARKS_MD.name}")
+        raise SystemExit(f"{path} has no {start} ... {end} pair to rewrite")
+    path.write_text(f"{before}{start}\n{body.strip()}\n{end}{after}", encoding="utf-8")
+    print(f"rewrote the {name} section of {path.name}")
+
+
+def serve(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """An HTTP server on a free loopback port, serving in daemon threads; ``shutdown()`` and
+    ``server_close()`` it when done."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=f"bench-{handler.__name__}", daemon=True).start()
+    return server
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(resident now, resident at its highest) of a process, in MB: VmRSS and VmHWM."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def capture_server(delay_ms: float = 0.0) -> Any:
+    """A started local PostHog capture server (``posthog_lambda.local``; src/ must be on the path)
+    answering every request ``delay_ms`` late: a stand-in for the round trip to PostHog."""
+    from posthog_lambda.local import CaptureServer
+
+    server = CaptureServer(api_key="phc_local").start()
+    if delay_ms:
+        # Its slow_next fault, for more requests than any benchmark makes.
+        server.slow_next(100_000, delay_ms / 1000)
+    return server
+
+
+def closed_port() -> int:
+    """A loopback TCP port that nothing listens on: bound, then released, so connecting is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def link_with_dependencies(into: Path, *names: str) -> None:
+    """Symlink installed distributions and everything they require (markers evaluated, extras
+    left out) into a function directory, as ``pip install --target`` lays them out. Metadata
+    directories too: OpenTelemetry finds its context implementation through entry points."""
+    from packaging.requirements import Requirement
+
+    into.mkdir(parents=True, exist_ok=True)
+    seen: set[str] = set()
+    pending = list(names)
+    while pending:
+        dist = importlib.metadata.distribution(pending.pop())
+        key = dist.metadata["Name"].lower().replace("_", "-")
+        if key in seen:
+            continue
+        seen.add(key)
+        for line in dist.requires or ():
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
+        base = Path(str(dist.locate_file("")))
+        for top in {str(f).split("/")[0] for f in dist.files or () if not str(f).startswith("..")}:
+            link = into / top
+            if top != "__pycache__" and not link.exists():
+                link.symlink_to(base / top)
 
 
 def build_layer(into: Path) -> Path:

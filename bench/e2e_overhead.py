@@ -1,215 +1,193 @@
-"""What tracing adds to a Lambda invocation, end to end, in the local Lambda environment.
+"""What tracing adds to a Lambda invocation, end to end, in the local Lambda environment: response
+latency, billed time after the response, and Init (cold start).
 
-The same handler (10 steps of work, two of them "model calls") four ways, each in its own
-environment with the built layer attached and a local capture server standing in for PostHog:
+The same handler (10 spans and 2 generations) traced each way a user could choose (``_lambda.py``:
+no tracing, without a layer, with a do-nothing extension and with posthog-lambda's layer;
+posthog-lambda with the built layer in each flush mode; posthog-python's Client with
+``flush()`` at the end; Langfuse's ``@observe`` with ``flush()``), each in its own environment,
+invoked in turns; once with receivers that answer at once and once with receivers that answer
+after 50 ms (the round trip to PostHog or Langfuse over the internet). Then cold starts: each
+environment shut down and invoked again, in turns.
 
-- undecorated: the baseline;
-- posthog-lambda, `end` flush mode: events go to the extension, which sends after the response;
-- posthog-lambda, `batch` flush mode under steady load: sent on INVOKE, in parallel;
-- posthog-python's Client with ``flush()`` at the end of the handler: what the SDK tells
-  serverless users to do, and what posthog-lambda replaces (no extension).
-
-Response latency is what the caller waits; post-runtime duration is the billed time after the
-response (the extension's, or the runtime's own return to ``next``). Figures are medians and
-p99s over warm invocations, and differences from the undecorated baseline measured in the same
-run.
-
-    .venv/bin/python bench/e2e_overhead.py [--write] [--invocations N] [--delay-ms MS]
+    .venv/bin/python bench/e2e_overhead.py [--write] [--invocations N] [--cold N] [--delays MS,MS]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from _common import SRC, build_layer, median, p99, run_description, write_section
+from _common import RESULTS, SRC, build_layer, median, p99, run_description
+from _lambda import SETUPS, Functions, Samples, minus, over, paired
+from _publish import Target, publish, verdict
 
-INVOCATIONS = 100
+INVOCATIONS = 150
+COLD = 10
+DELAYS_MS = (0.0, 50.0)
+WARM = ["none", "none_noop", "none_layer", "end", "batch", "adaptive", "posthog", "langfuse"]
+COLD_START = ["none", "none_noop", "none_layer", "end", "posthog", "langfuse"]
+CHARTED = ["none", "end", "batch", "adaptive", "posthog", "langfuse"]
 TARGET_LATENCY_MS = 0.2
 TARGET_POST_RUNTIME_MS = 1.0
-
-UNDECORATED = """
-def handler(event, context):
-    total = 0
-    for step in range(10):
-        total += step
-    return {"total": total}
-"""
-
-TRACED = """
-from posthog_lambda import generation, posthog_traced, span
-
-@posthog_traced
-def handler(event, context):
-    total = 0
-    for step in range(8):
-        with span(f"step-{step}", input=event["q"]) as s:
-            total += step
-            s.update(output=total)
-    for call in range(2):
-        with generation("answer", model="gpt-4o", provider="openai", input=event["q"]) as g:
-            g.update(output="Paris", input_tokens=12, output_tokens=3)
-    return {"total": total}
-"""
-
-POSTHOG_PYTHON = """
-import os, uuid
-from posthog import Posthog
-
-client = Posthog(os.environ["POSTHOG_API_KEY"], host=os.environ["POSTHOG_HOST"])
-
-def handler(event, context):
-    trace_id = str(uuid.uuid4())
-    total = 0
-    for step in range(8):
-        total += step
-        client.capture("$ai_span", distinct_id=trace_id, properties={
-            "$ai_trace_id": trace_id, "$ai_span_name": f"step-{step}", "$ai_input_state": event["q"],
-            "$ai_output_state": total, "$ai_parent_id": trace_id})
-    for call in range(2):
-        client.capture("$ai_generation", distinct_id=trace_id, properties={
-            "$ai_trace_id": trace_id, "$ai_model": "gpt-4o", "$ai_provider": "openai",
-            "$ai_input": [{"role": "user", "content": event["q"]}], "$ai_input_tokens": 12,
-            "$ai_output_tokens": 3, "$ai_parent_id": trace_id})
-    client.capture("$ai_trace", distinct_id=trace_id, properties={"$ai_trace_id": trace_id})
-    client.flush()
-    return {"total": total}
-"""
-
-POSTHOG_PYTHON_DEPENDENCIES = (
-    "posthog",
-    "requests",
-    "urllib3",
-    "idna",
-    "certifi",
-    "charset-normalizer",
-    "backoff",
-    "distro",
-    "typing-extensions",
-)
+TARGET_UNTRACED_POST_MS = 1.0
+CHART = RESULTS / "overhead.png"
 
 
-def environment(name: str, source: str, root: Path, layer: Path | None, env: dict[str, str]) -> Any:
-    from posthog_lambda.local import LambdaEnvironment
-    from posthog_lambda.local._sandbox import link_distributions
-
-    function = root / name
-    function.mkdir()
-    (function / "app.py").write_text(source)
-    if "posthog import" in source:
-        link_distributions(function, POSTHOG_PYTHON_DEPENDENCIES)
-    return LambdaEnvironment(function, "app.handler", layer_dir=layer, env=env, timeout_s=10)
-
-
-def measure(environments: dict[str, Any], invocations: int) -> dict[str, dict[str, Any]]:
-    """Round-robin over the environments (each frozen while the others run), so that the
-    machine's noise lands on all of them alike."""
-    rows: dict[str, dict[str, Any]] = {name: {"latency": [], "post": []} for name in environments}
-    for name, env in environments.items():
-        cold = env.invoke({"q": "warm-up"})
-        rows[name]["init"] = cold.init
-        if cold.status != "success":
-            raise SystemExit(f"{name}: the cold invocation failed: {cold.error}")
-    for n in range(invocations):
-        for name, env in environments.items():
-            result = env.invoke({"q": f"question {n}"})
-            if result.status != "success":
-                raise SystemExit(f"{name}: invocation {n} failed: {result.error}")
-            rows[name]["latency"].append(result.response_latency_ms or 0.0)
-            rows[name]["post"].append(result.post_runtime_ms or 0.0)
-    for name, env in environments.items():
-        rows[name]["rss"] = _rss_mb(env.pids().get("posthog-lambda"))
-    return rows
+def warm_table(samples: dict[str, Samples]) -> list[str]:
+    base = samples["none"]
+    lines = [
+        "| Setup | response latency p50 / p99 ms | minus (a), ms | post-runtime p50 / p99 ms | minus (a), ms "
+        "| duration (billed) p50 ms | / (a) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, s in samples.items():
+        lines.append(
+            f"| {SETUPS[key].label} | {median(s.latency):.2f} / {p99(s.latency):.2f} "
+            f"| {paired(s.latency, base.latency, minus):+.2f} | {median(s.post):.2f} / {p99(s.post):.2f} "
+            f"| {paired(s.post, base.post, minus):+.2f} | {median(s.duration):.2f} "
+            f"| {paired(s.duration, base.duration, over):.2f}x |"
+        )
+    return lines
 
 
-def _rss_mb(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return None
+def cold_table(samples: dict[str, Samples]) -> list[str]:
+    base = samples["none"]
+    lines = [
+        "| Setup | Init p50 / p99 ms | minus (a), ms | extension start to register p50 ms |",
+        "|---|---:|---:|---:|",
+    ]
+    for key in COLD_START:
+        s = samples[key]
+        register = f"{median(s.register):.1f}" if s.register else "—"
+        lines.append(
+            f"| {SETUPS[key].label} | {median(s.init):.1f} / {p99(s.init):.1f} "
+            f"| {paired(s.init, base.init, minus):+.1f} | {register} |"
+        )
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", action="store_true", help="also rewrite the e2e_overhead section of BENCHMARKS.md")
-    parser.add_argument("--invocations", type=int, default=INVOCATIONS)
-    parser.add_argument("--delay-ms", type=float, default=0.0, help="the capture server's added answer delay")
+    parser.add_argument("--write", action="store_true", help="also rewrite the e2e_overhead section and the chart")
+    parser.add_argument("--invocations", type=int, default=INVOCATIONS, help="warm invocations per setup and delay")
+    parser.add_argument("--cold", type=int, default=COLD, help="cold starts per setup")
+    parser.add_argument("--delays", default=",".join(f"{d:g}" for d in DELAYS_MS), help="receiver delays, ms")
     args = parser.parse_args()
+    delays = [float(d) for d in args.delays.split(",")]
+    if args.invocations < 1 or args.cold < 1 or 0.0 not in delays:
+        parser.error("--invocations and --cold must be positive, and --delays must include 0")
     sys.path.insert(0, str(SRC))
-    from posthog_lambda.local import CaptureServer
 
-    with tempfile.TemporaryDirectory() as tmp, CaptureServer(api_key="phc_local") as posthog:
-        if args.delay_ms:
-            posthog.slow_next(10**9, args.delay_ms / 1000)
+    warm: dict[float, dict[str, Samples]] = {}
+    cold: dict[str, Samples] = {}
+    with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         layer = build_layer(root / "layer")
-        base = {"POSTHOG_API_KEY": "phc_local", "POSTHOG_HOST": posthog.url}
-        specs = {
-            "undecorated handler": ("plain", UNDECORATED, layer, base),
-            "posthog-lambda, `end` mode": ("end", TRACED, layer, {**base, "POSTHOG_LAMBDA_FLUSH": "end"}),
-            "posthog-lambda, `batch` mode": ("batch", TRACED, layer, {**base, "POSTHOG_LAMBDA_FLUSH": "batch"}),
-            "posthog-python Client + flush()": ("sdk", POSTHOG_PYTHON, None, base),
-        }
-        with contextlib.ExitStack() as stack:
-            environments = {
-                label: stack.enter_context(environment(name, source, root, layer_dir, env))
-                for label, (name, source, layer_dir, env) in specs.items()
-            }
-            rows = measure(environments, args.invocations)
-    plain = rows["undecorated handler"]["latency"]
+        for delay in delays:
+            with Functions(WARM, root, layer, delay) as functions:
+                functions.run(1)  # each environment's first invocation is its cold start: not counted
+                warm[delay] = functions.run(args.invocations)
+                if delay == 0.0:
+                    cold = functions.run(args.cold, cold=True, keys=COLD_START)
+            functions.check_delivered()
 
-    def added_p50(label: str) -> float:
-        """Median over rounds of this row's latency minus the undecorated one's, same round."""
-        return median([x - b for x, b in zip(rows[label]["latency"], plain, strict=True)])
-
-    lines = [
-        run_description(),
-        f"- {args.invocations} warm invocations per row after one cold one; capture server delay "
-        f"{args.delay_ms:.0f} ms; 10 spans (8 spans, 2 generations) per invocation",
-        "",
-        "| Handler | response latency p50 ms | p99 ms | minus undecorated (p50 of same-round differences) ms "
-        "| post-runtime p50 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for label, row in rows.items():
-        latency, post = row["latency"], row["post"]
-        lines.append(
-            f"| {label} | {median(latency):.3f} | {p99(latency):.3f} | {added_p50(label):+.3f} "
-            f"| {median(post):.3f} | {p99(post):.3f} |"
-        )
-    added = added_p50("posthog-lambda, `end` mode")
-    batch_post = median(rows["posthog-lambda, `batch` mode"]["post"])
-    sdk_added = added_p50("posthog-python Client + flush()")
-    init = rows["posthog-lambda, `end` mode"]["init"]
-    extension = next((e for e in init.extensions if e.name == "posthog-lambda"), None) if init else None
-    rss = rows["posthog-lambda, `end` mode"]["rss"]
-    lines += [
-        "",
-        f"target: decorated minus undecorated response latency p50 <= {TARGET_LATENCY_MS} ms: "
-        f"{'MET' if added <= TARGET_LATENCY_MS else 'MISSED'} ({added:.3f} ms)",
-        f"target: post-runtime duration in `batch` mode, median <= {TARGET_POST_RUNTIME_MS} ms: "
-        f"{'MET' if batch_post <= TARGET_POST_RUNTIME_MS else 'MISSED'} ({batch_post:.3f} ms)",
-        f"posthog-python with flush() adds {sdk_added:.3f} ms to every response (posthog-lambda, `end` mode: "
-        f"{added:.3f} ms)",
-    ]
-    if extension is not None:
-        lines.append(
-            f"extension: start to register {extension.register_ms} ms (includes the local environment's "
-            f"mount-namespace wrapper), start to first next {extension.first_next_ms} ms; idle RSS "
-            f"{rss:.1f} MB"
-            if rss is not None
-            else ""
-        )
-    text = "\n".join(lines)
+    text, targets, summary = report(warm, cold, args.invocations, args.cold)
     print(text)
     if args.write:
-        write_section("e2e_overhead", text)
+        from _chart import overhead_chart
+
+        overhead_chart({d: {SETUPS[k].label: warm[d][k] for k in CHARTED} for d in warm}, CHART)
+        print(f"wrote {CHART.relative_to(RESULTS.parent.parent)}")
+        publish("e2e_overhead", text, targets, summary)
+
+
+def report(
+    warm: dict[float, dict[str, Samples]], cold: dict[str, Samples], invocations: int, cold_rounds: int
+) -> tuple[str, list[Target], list[str]]:
+    lines = [
+        run_description(),
+        f"- {invocations} warm invocations per setup and receiver delay, after one cold one; then {cold_rounds} "
+        "cold starts per setup; 10 spans and 2 generations per invocation; 128 MB; chart: "
+        "[bench/results/overhead.png](bench/results/overhead.png)",
+    ]
+    for delay, samples in warm.items():
+        lines += ["", f"Receivers answering after {delay:.0f} ms:", "", *warm_table(samples)]
+    lines += ["", "Cold starts (receivers answering at once):", "", *cold_table(cold)]
+
+    now = warm[0.0]
+    base, untraced = now["none"], now["none_layer"]
+    added = paired(now["end"].latency, base.latency, minus)
+    decorator = paired(now["end"].latency, untraced.latency, minus)
+    batch_post = median(now["batch"].post)
+    untraced_post = median(untraced.post)
+    sdk = paired(now["posthog"].latency, base.latency, minus)
+    langfuse = paired(now["langfuse"].latency, base.latency, minus)
+    init_added = paired(cold["end"].init, cold["none"].init, minus)
+    lines += [
+        "",
+        f"target: response latency of the decorated handler (`end` mode) minus the undecorated one, both with the "
+        f"layer, p50 <= {TARGET_LATENCY_MS} ms: {verdict(decorator <= TARGET_LATENCY_MS)} ({decorator:.3f} ms; "
+        f"against no layer and no tracing: {added:.3f} ms)",
+        f"target: post-runtime duration in `batch` mode under steady load, median <= {TARGET_POST_RUNTIME_MS} ms: "
+        f"{verdict(batch_post <= TARGET_POST_RUNTIME_MS)} ({batch_post:.3f} ms)",
+        f"target: post-runtime of an untraced handler with the layer attached stays near zero (median <= "
+        f"{TARGET_UNTRACED_POST_MS} ms): {verdict(untraced_post <= TARGET_UNTRACED_POST_MS)} ({untraced_post:.3f} ms)",
+        f"posthog-python with flush() adds {sdk:.2f} ms to every response and Langfuse with flush() {langfuse:.2f} ms "
+        f"(posthog-lambda, `end` mode: {added:.2f} ms); the layer adds {init_added:.1f} ms to Init",
+    ]
+    slow = warm.get(50.0)
+    presence = paired(untraced.latency, base.latency, minus)
+    any_extension = paired(now["none_noop"].latency, base.latency, minus)
+    summary = [
+        f"end to end in the local Lambda environment (10 spans, 2 generations per invocation), posthog-lambda adds "
+        f"{added:.2f} ms to the response: {decorator:.2f} ms for the decorator, {presence:.2f} ms for its extension "
+        f"being there (an untraced handler with the layer), of which this environment charges any extension about "
+        f"as much ({any_extension:.2f} ms with one that does nothing). It sends after the response: "
+        f"{median(now['end'].post):.1f} ms of billed time per invocation in `end` mode, "
+        f"{batch_post:.1f} ms in `batch` mode under steady load. posthog-python with `flush()` adds {sdk:.1f} ms "
+        f"and Langfuse with `flush()` {langfuse:.1f} ms to every response",
+    ]
+    if slow is not None:
+        summary.append(
+            "with 50 ms between request and answer (an internet round trip), the response with posthog-lambda "
+            f"grows by only {paired(slow['end'].latency, slow['none'].latency, minus):.1f} ms, with posthog-python "
+            f"by {paired(slow['posthog'].latency, slow['none'].latency, minus):.0f} ms and with Langfuse by "
+            f"{paired(slow['langfuse'].latency, slow['none'].latency, minus):.0f} ms; the billed duration is about the "
+            f"same for all three ({median(slow['end'].duration):.0f}, {median(slow['posthog'].duration):.0f} and "
+            f"{median(slow['langfuse'].duration):.0f} ms against {median(slow['none'].duration):.1f} ms untraced): "
+            "posthog-lambda moves the wait off the response, not off the bill"
+        )
+    summary.append(
+        f"cold start in the local environment: the layer and decorator add {init_added:.0f} ms to Init, a "
+        f"do-nothing extension {paired(cold['none_noop'].init, cold['none'].init, minus):.0f} ms (Lambda starts the "
+        f"runtime only once every extension has registered; here each also starts through this environment's "
+        f"sandbox wrapper: the extension alone is measured below); posthog-python adds "
+        f"{paired(cold['posthog'].init, cold['none'].init, minus):.0f} ms, Langfuse "
+        f"{paired(cold['langfuse'].init, cold['none'].init, minus):.0f} ms"
+    )
+    targets = [
+        Target(
+            4,
+            "response latency, decorated minus undecorated handler (layer on both, `end` mode), p50 <= 0.2 ms",
+            f"{decorator:.3f} ms ({added:.3f} ms against no layer)",
+            decorator <= TARGET_LATENCY_MS,
+        ),
+        Target(
+            4,
+            "post-runtime duration in `batch` mode under steady load, median <= 1 ms",
+            f"{batch_post:.3f} ms",
+            batch_post <= TARGET_POST_RUNTIME_MS,
+        ),
+        Target(
+            6,
+            "untraced handler with the layer: post-runtime near zero (median <= 1 ms)",
+            f"{untraced_post:.3f} ms",
+            untraced_post <= TARGET_UNTRACED_POST_MS,
+        ),
+    ]
+    return "\n".join(lines), targets, summary
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 from time import perf_counter_ns
 
-from _common import SRC, median, p99, run_description, write_section
+from _common import SRC, median, p99, run_description
+from _publish import publish
 
 INVOCATIONS = 20
 HANDLER = "def handler(event, context):\n    return {'echo': event}\n"
@@ -79,7 +80,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        write_section("emulator", text)
+        publish("emulator", text)
 
 
 if __name__ == "__main__":

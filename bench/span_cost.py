@@ -1,9 +1,12 @@
-"""Cost of a posthog-lambda span or generation next to an OpenTelemetry SDK span, in one process.
+"""Cost of a posthog-lambda span or generation next to an OpenTelemetry SDK span, posthog-python's
+``Client.capture`` and Langfuse's ``@observe``, in one process.
 
 Every round times one batch of operations for each contender, in an order that rotates from
 round to round, so that the noise of a shared machine lands on all contenders alike. Figures
 are per operation: the median and p99 over rounds, and the OpenTelemetry span's time divided
-by the contender's, taken within each round and then the median over rounds.
+by the contender's, taken within each round and then the median over rounds. posthog-python and
+Langfuse are pointed at a closed loopback port; what each is configured with is in
+BENCHMARKS.md.
 
     .venv/bin/python bench/span_cost.py [--write] [--rounds N] [--batch N]
 """
@@ -13,7 +16,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import logging
+import os
 import sys
+import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,9 +31,10 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-from _common import SRC, median, p99, run_description, write_section
+from _common import SRC, closed_port, median, p99, run_description
+from _publish import Target, publish, verdict
 
-ROUNDS = 30
+ROUNDS = 20
 BATCH = 4000
 SPANS_PER_INVOCATION = 100
 TARGET = 10.0
@@ -34,6 +42,7 @@ PAYLOAD = "what is the capital of france"
 # The same small input and output for every contender.
 OUTPUT = "Paris is the capital of France."
 MESSAGES = [{"role": "user", "content": "hi"}]
+CHOICES = [{"role": "assistant", "content": "Paris"}]
 
 Timed = Callable[[int], int]
 """Runs ``ops`` operations and returns the nanoseconds of the timed part only."""
@@ -44,6 +53,8 @@ class Contender:
     key: str
     label: str
     run: Timed
+    reset: Callable[[], None] | None = None
+    """Run before each of its batches, untimed."""
 
 
 class NullExporter(SpanExporter):
@@ -147,6 +158,140 @@ def library_contenders() -> list[Contender]:
     ]
 
 
+def posthog_contenders(port: int) -> list[Contender]:
+    """posthog-python's ``Client.capture`` of the event a span or generation makes: the ids,
+    parent and latency a user must supply for PostHog's trace view, made in the loop."""
+    from posthog import Posthog
+
+    # Its consumer thread fails to connect and logs each failure: not what is measured.
+    logging.getLogger("posthog").disabled = True
+    # Defaults but the host: one background consumer thread sends batches of 100 (or every
+    # 5 s), so capture only builds and enqueues; the queue holds 10,000.
+    client = Posthog("phc_bench", host=f"http://127.0.0.1:{port}")
+    trace = str(uuid.uuid4())
+
+    def capturing(event: str, name: str, properties: dict[str, Any]) -> Timed:
+        def run(ops: int) -> int:
+            start = perf_counter_ns()
+            for _ in range(ops):
+                began = time.perf_counter()
+                client.capture(
+                    event,
+                    distinct_id=trace,
+                    properties={
+                        "$ai_trace_id": trace,
+                        "$ai_span_id": str(uuid.uuid4()),
+                        "$ai_parent_id": trace,
+                        "$ai_span_name": name,
+                        **properties,
+                        "$ai_latency": time.perf_counter() - began,
+                    },
+                )
+            return perf_counter_ns() - start
+
+        return run
+
+    spans = capturing("$ai_span", "retrieve", {"$ai_input_state": PAYLOAD, "$ai_output_state": OUTPUT})
+    generations = capturing(
+        "$ai_generation",
+        "answer",
+        {
+            "$ai_model": "gpt-4o",
+            "$ai_provider": "openai",
+            "$ai_input": MESSAGES,
+            "$ai_output_choices": CHOICES,
+            "$ai_input_tokens": 12,
+            "$ai_output_tokens": 3,
+        },
+    )
+
+    def drain() -> None:
+        # Nothing can be delivered, so the queue would fill and capture would start dropping,
+        # which is cheaper than enqueueing: empty it between batches.
+        queue = client.queue
+        while True:
+            try:
+                queue.get_nowait()
+            except Exception:
+                return
+            queue.task_done()
+
+    drain()
+    for run, name, check in ((spans, "$ai_span", "$ai_output_state"), (generations, "$ai_generation", "$ai_model")):
+        run(10)
+        queued = list(client.queue.queue)
+        if not queued or queued[-1]["event"] != name or check not in queued[-1]["properties"]:
+            raise SystemExit(f"posthog-python did not enqueue the {name} events the benchmark expects")
+        drain()
+    return [
+        Contender("posthog_span", "g. posthog-python `Client.capture`, per span", spans, drain),
+        Contender("posthog_generation", "h. posthog-python `Client.capture`, per generation", generations, drain),
+    ]
+
+
+def langfuse_contenders(port: int, batch: int) -> list[Contender]:
+    """Langfuse's ``@observe`` on a function, as a span and as a generation, inside an outer
+    observation."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    # The span processor's queue and export size come from here: larger than a batch, so that
+    # no export starts while a batch is timed (exports go to a closed port and would retry).
+    os.environ["OTEL_BSP_MAX_QUEUE_SIZE"] = str(2 * batch)
+    from langfuse import Langfuse, observe
+
+    logging.getLogger("langfuse").disabled = True
+    provider = TracerProvider(sampler=ALWAYS_ON)  # its own, rather than the global one Langfuse would set
+    client = Langfuse(
+        public_key="pk-lf-bench",
+        secret_key="sk-lf-bench",
+        base_url=f"http://127.0.0.1:{port}",
+        flush_at=2 * batch,
+        flush_interval=3600,
+        tracer_provider=provider,
+    )
+    processors = provider._active_span_processor._span_processors  # no public way to reach it
+    processor = next(p for p in processors if isinstance(p, BatchSpanProcessor))
+
+    @observe(name="retrieve")
+    def retrieve(question: str) -> str:
+        return OUTPUT
+
+    @observe(name="answer", as_type="generation")
+    def answer(messages: list[dict[str, str]]) -> str:
+        client.update_current_generation(model="gpt-4o", usage_details={"input": 12, "output": 3})
+        return "Paris"
+
+    def timed(call: Callable[[], object]) -> Timed:
+        def run(ops: int) -> int:
+            with client.start_as_current_observation(name="outer"):
+                start = perf_counter_ns()
+                for _ in range(ops):
+                    call()
+                return perf_counter_ns() - start
+
+        return run
+
+    def drop_queued() -> None:
+        # Spans wait in the processor's queue for an export that cannot succeed: drop them
+        # between batches, unexported (flush() would retry against the closed port).
+        processor._batch_processor._queue.clear()
+
+    spans, generations = timed(lambda: retrieve(PAYLOAD)), timed(lambda: answer(MESSAGES))
+    drop_queued()
+    spans(10)
+    generations(10)
+    queued = list(processor._batch_processor._queue)
+    names = Counter(span.name for span in queued)
+    models = [span.attributes.get("langfuse.observation.model.name") for span in queued if span.name == "answer"]
+    if names != {"retrieve": 10, "answer": 10, "outer": 2} or models[0] != "gpt-4o":
+        raise SystemExit(f"Langfuse did not record the spans the benchmark expects: {dict(names)}, {models[:1]}")
+    drop_queued()
+    return [
+        Contender("langfuse_span", "i. Langfuse `@observe`, per span", spans, drop_queued),
+        Contender("langfuse_generation", 'j. Langfuse `@observe(as_type="generation")`', generations, drop_queued),
+    ]
+
+
 def check_events(*runs: Timed) -> None:
     """Stop if the library records nothing: it swallows its own errors, and a span that fails
     early would look very cheap."""
@@ -169,6 +314,8 @@ def check_events(*runs: Timed) -> None:
 def measure(contenders: list[Contender], rounds: int, batch: int) -> dict[str, list[float]]:
     """Microseconds per operation, one sample per round for each contender."""
     for contender in contenders:
+        if contender.reset is not None:
+            contender.reset()
         contender.run(batch)  # warm-up: caches, the specializing interpreter, allocator arenas
     samples: dict[str, list[float]] = {c.key: [] for c in contenders}
     for i in range(rounds):
@@ -176,15 +323,24 @@ def measure(contenders: list[Contender], rounds: int, batch: int) -> dict[str, l
         for contender in contenders[shift:] + contenders[:shift]:
             # Start each batch without the previous contender's garbage to collect.
             gc.collect()
+            if contender.reset is not None:
+                contender.reset()
             samples[contender.key].append(contender.run(batch) / batch / 1000)
     return samples
 
 
+def ratio(samples: dict[str, list[float]], slower: str, faster: str) -> float:
+    """How many times ``faster``'s time goes into ``slower``'s, within each round; median over rounds."""
+    return median([s / f for s, f in zip(samples[slower], samples[faster], strict=True)])
+
+
 def ratio_to_otel(samples: dict[str, list[float]], key: str) -> float:
-    return median([o / x for o, x in zip(samples["otel"], samples[key], strict=True)])
+    return ratio(samples, "otel", key)
 
 
-def report(contenders: list[Contender], samples: dict[str, list[float]], rounds: int, batch: int) -> str:
+def report(
+    contenders: list[Contender], samples: dict[str, list[float]], rounds: int, batch: int
+) -> tuple[str, list[Target], list[str]]:
     lines = [
         run_description(),
         f"- {rounds} rounds of {batch} operations per contender",
@@ -194,18 +350,39 @@ def report(contenders: list[Contender], samples: dict[str, list[float]], rounds:
     ]
     for c in contenders:
         values = samples[c.key]
-        lines.append(f"| {c.label} | {median(values):.3f} | {p99(values):.3f} | {ratio_to_otel(samples, c.key):.1f}x |")
+        to_otel = ratio_to_otel(samples, c.key)
+        shown = f"{to_otel:.1f}x" if to_otel >= 1 else f"{to_otel:.2f}x"
+        lines.append(f"| {c.label} | {median(values):.3f} | {p99(values):.3f} | {shown} |")
     hot, full = ratio_to_otel(samples, "span"), ratio_to_otel(samples, "span_full")
-    verdict = "MET" if hot >= TARGET else "MISSED"
+    met = hot >= TARGET
+    per_span = {key: ratio(samples, key, "span_full") for key in ("posthog_span", "langfuse_span")}
+    per_generation = {
+        key: ratio(samples, key, "generation_full") for key in ("posthog_generation", "langfuse_generation")
+    }
     lines += [
         "",
-        f"target: >={TARGET:.0f}x cheaper than OTel span: {verdict} ({hot:.1f})",
+        f"target: >={TARGET:.0f}x cheaper than OTel span: {verdict(met)} ({hot:.1f})",
         "",
         f"full cost (row d, events built and handed to the sink): OTel span / this = {full:.2f}, "
         + ("cheaper" if full >= 1 else "dearer")
         + " than the OTel span",
+        f"per span, against posthog-lambda's full cost (row d): `Client.capture` {per_span['posthog_span']:.1f}x, "
+        f"Langfuse `@observe` {per_span['langfuse_span']:.1f}x; per generation (row f): `Client.capture` "
+        f"{per_generation['posthog_generation']:.1f}x, Langfuse {per_generation['langfuse_generation']:.1f}x",
     ]
-    return "\n".join(lines)
+    us = {key: median(values) for key, values in samples.items()}
+    summary = [
+        f'a span (`with span("retrieve", input=q) as s: s.update(output=a)`) costs {us["span"]:.1f} µs to enter '
+        f"and leave, {hot:.1f}x less than an OpenTelemetry SDK span with a no-op exporter; with its PostHog event "
+        f"built and handed over, {us['span_full']:.1f} µs. The same event through posthog-python's "
+        f"`Client.capture` costs {us['posthog_span']:.0f} µs ({per_span['posthog_span']:.1f}x that), a Langfuse "
+        f"`@observe` span {us['langfuse_span']:.0f} µs ({per_span['langfuse_span']:.1f}x)",
+        f"a generation with messages and token counts: {us['generation']:.1f} µs to enter and leave, "
+        f"{us['generation_full']:.1f} µs with its event; `Client.capture` {us['posthog_generation']:.0f} µs, "
+        f"Langfuse {us['langfuse_generation']:.0f} µs",
+    ]
+    targets = [Target(2, "span enter/exit at least 10x cheaper than an OpenTelemetry SDK span", f"{hot:.1f}x", met)]
+    return "\n".join(lines), targets, summary
 
 
 def main() -> None:
@@ -220,16 +397,22 @@ def main() -> None:
         parser.error(f"--rounds must be positive and --batch a positive multiple of {SPANS_PER_INVOCATION}")
 
     sys.path.insert(0, str(SRC))
+    port = closed_port()
     contenders = [
         Contender("baseline", "a. baseline: same loop, no tracing", baseline()),
         Contender("otel", "b. OpenTelemetry SDK span", otel_span()),
         *library_contenders(),
+        *posthog_contenders(port),
+        *langfuse_contenders(port, args.batch),
     ]
     samples = measure(contenders, args.rounds, args.batch)
-    text = report(contenders, samples, args.rounds, args.batch)
+    for contender in contenders:
+        if contender.reset is not None:
+            contender.reset()  # nothing left for their exit handlers to try to send
+    text, targets, summary = report(contenders, samples, args.rounds, args.batch)
     print(text)
     if args.write:
-        write_section("span_cost", text)
+        publish("span_cost", text, targets, summary)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,10 @@ runpy.run_module("posthog_lambda_extension", run_name="__main__", alter_sys=True
 
 # The emulator (local/) is development tooling; the extension has no use for testing.py either.
 _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "local", "testing.py")
+# ...nor for what only the function's side uses: the integrations.
+_SKIP_IN_EXTENSION = shutil.ignore_patterns(
+    "__pycache__", "*.pyc", "local", "testing.py", "_client.py", "powertools.py", "__main__.py"
+)
 
 
 def build(out: Path) -> Path:
@@ -64,7 +68,7 @@ def build(out: Path) -> Path:
     launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     private = out / EXTENSION_DIR
     shutil.copytree(EXTENSION, private / "posthog_lambda_extension", ignore=_SKIP)
-    shutil.copytree(LIBRARY, private / "posthog_lambda", ignore=_SKIP)
+    shutil.copytree(LIBRARY, private / "posthog_lambda", ignore=_SKIP_IN_EXTENSION)
     (private / "bootstrap.py").write_text(BOOTSTRAP)
     _bundle_secret_store_client(private)
     shutil.copytree(
