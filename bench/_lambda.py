@@ -195,13 +195,8 @@ class Functions:
             (function / "app.py").write_text(setup.source)
             if setup.packages:
                 link_with_dependencies(function, *setup.packages)
-            # The local environment shares this machine's /tmp: each its own socket and spool, so
-            # that no other process (another environment, a test outside Lambda) writes to its extension.
-            env = {
-                **setup.env,
-                "POSTHOG_LAMBDA_SOCKET": str(function / "posthog-lambda.sock"),
-                "POSTHOG_LAMBDA_SPOOL_DIR": str(function / "spool"),
-            }
+            # Each environment has a /tmp of its own, as on AWS: the default socket path is theirs.
+            env = dict(setup.env)
             if setup.sends == "posthog":
                 server = capture_server(self.delay_ms)
                 self._stack.callback(server.stop)

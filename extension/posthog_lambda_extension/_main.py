@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
+NICENESS = 10
+"""Added to the extension's nice value once registered."""
+
+
 def main(argv: Sequence[str] = ()) -> int:
     """Run the extension as ``argv[0]`` (default ``posthog-lambda``); 0 after SHUTDOWN."""
     settings = Settings(os.environ, argv)
@@ -33,6 +37,11 @@ def main(argv: Sequence[str] = ()) -> int:
         return 1
     listener = listen(settings.socket_path)
     identifier = register(api, settings.name)
+    # Background work by nature: when the function and the extension both want the CPU (a
+    # sandbox at low memory has a fraction of one), the function goes first. Only lowering, so
+    # always allowed.
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
     try:
         from ._loop import Extension
 

@@ -74,6 +74,7 @@ class Deployment:
             env=variables,
             timeout_s=timeout_s,
             telemetry_api=telemetry_api,
+            share=[self.root],  # the socket and spool paths above, which tests also use
         )
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from posthog_lambda import _frames
 from posthog_lambda.local.capture import CaptureServer
+from posthog_lambda_extension._main import NICENESS
 from tests.extension import make_event
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,6 +192,10 @@ def test_register_invoke_shutdown(run: Run) -> None:
         "body": {"events": ["INVOKE", "SHUTDOWN"]},
         "socket_existed": True,  # before registering, so before the function can start
     }
+    # Once registered it yields the CPU to the function: nice value 10 above the test's.
+    assert run.process is not None
+    fields = Path(f"/proc/{run.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    assert int(fields[16]) == os.getpriority(os.PRIO_PROCESS, 0) + NICENESS
     sent = [make_event("$ai_generation"), make_event("$ai_span"), make_event("$ai_trace")]
     run.api.invoke("req-1")
     run.send(start("req-1"), events(*sent), end("req-1"))

@@ -91,7 +91,7 @@ class Setup:
 
     def environment(self, handler: str = "handlers.echo", **kwargs: Any) -> LambdaEnvironment:
         env = {"TEST_LOG": str(self.log), "TEST_EXTENSIONS": json.dumps(self.extensions), "MY_SETTING": "on"}
-        return LambdaEnvironment(self.function, handler, layer_dir=self.layer, env=env, **kwargs)
+        return LambdaEnvironment(self.function, handler, layer_dir=self.layer, env=env, share=[self.root], **kwargs)
 
     def records(self, who: str | None = None, what: str | None = None) -> list[dict[str, Any]]:
         lines = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]

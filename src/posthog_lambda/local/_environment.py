@@ -41,7 +41,7 @@ from ._telemetry import Telemetry, validate
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
     from types import TracebackType
     from typing import Any, Self
 
@@ -158,6 +158,10 @@ class LambdaEnvironment:
     result = env.invoke({...})``. Init happens on the first invoke, as for on-demand
     concurrency. Every process it starts is stopped when the block ends, also on errors.
     ``telemetry_api`` breaks the Telemetry API on purpose (see ``TELEMETRY_MODES``).
+
+    Its processes share a ``/tmp`` of their own (``tmp_dir`` on this machine), as on AWS, so two
+    environments never meet there; ``share`` names directories under this machine's ``/tmp``
+    that they should also see at their usual paths (a test watching files, say).
     """
 
     def __init__(
@@ -173,10 +177,12 @@ class LambdaEnvironment:
         region: str = "us-east-1",
         echo_logs: Callable[[str], None] | None = None,
         telemetry_api: str = "on",
+        share: Sequence[str | Path] = (),
     ) -> None:
         if telemetry_api not in TELEMETRY_MODES:
             raise ValueError(f"telemetry_api={telemetry_api!r}: one of {', '.join(TELEMETRY_MODES)}")
         self.telemetry_api = telemetry_api
+        self.share = [Path(path).resolve() for path in share]
         self.function_dir = Path(function_dir).resolve()
         self.handler = handler
         self.layer_dir = Path(layer_dir).resolve() if layer_dir is not None else None
@@ -219,11 +225,18 @@ class LambdaEnvironment:
 
     def start(self) -> None:
         _live.add(self)
-        self._sandbox = Sandbox(self.layer_dir)
+        self._sandbox = Sandbox(self.layer_dir, exposed=[self.function_dir, *self.share])
         self._runtime_dir = runtime_directory(Path(self._sandbox.hosts_file).parent / "runtime")
         self._server = _QuietServer(("127.0.0.1", 0), _handler_for(self))
         self._server_thread = threading.Thread(target=self._server.serve_forever, name="lambda-api", daemon=True)
         self._server_thread.start()
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Where the environment's ``/tmp`` is on this machine (its processes share it, and only
+        they: the extension's socket, for one, is there)."""
+        assert self._sandbox is not None, "start() the environment first"
+        return self._sandbox.tmp
 
     @property
     def runtime_api(self) -> str:

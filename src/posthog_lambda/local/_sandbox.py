@@ -1,10 +1,14 @@
 """Processes of the local environment: their file system view, environment and signals.
 
-On AWS a layer is extracted to ``/opt`` and ``sandbox.localdomain`` resolves to the sandbox's
-own address. Here each process of the environment starts in a private mount namespace where
-the layer directory is bind-mounted on ``/opt`` and a hosts file naming sandbox.localdomain on
-``/etc/hosts``; the machine's own ``/opt`` and ``/etc/hosts`` are never touched. Each process
-leads its own process group, so that freezing (SIGSTOP) and killing reach its children too.
+On AWS a layer is extracted to ``/opt``, ``sandbox.localdomain`` resolves to the sandbox's own
+address and ``/tmp`` belongs to the sandbox. Here each process of the environment starts in a
+private mount namespace where the layer directory is bind-mounted on ``/opt``, a hosts file
+naming sandbox.localdomain on ``/etc/hosts``, and the environment's own directory on ``/tmp``
+(shared by its processes, as on AWS: the extension's socket is there), with the host
+directories under ``/tmp`` that the environment itself uses (the function's code, the runtime
+client) at their usual paths. The machine's own ``/opt``, ``/etc/hosts`` and ``/tmp`` are never
+touched. Each process leads its own process group, so that freezing (SIGSTOP) and killing
+reach its children too.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -62,9 +67,16 @@ def _which(tool: str) -> str:
 class Sandbox:
     """The file system view shared by every process of one environment."""
 
-    def __init__(self, layer_dir: Path | None) -> None:
+    def __init__(self, layer_dir: Path | None, exposed: Sequence[Path] = ()) -> None:
         self.layer_dir = layer_dir.resolve() if layer_dir is not None else None
         self._work = Path(tempfile.mkdtemp(prefix="posthog-lambda-local-"))
+        self.tmp = self._work / "tmp"
+        """What the environment's processes see as ``/tmp``."""
+        self.tmp.mkdir()
+        self.tmp.chmod(0o1777)
+        self._binds: list[tuple[Path, Path]] = []
+        for path in [self._work, *exposed]:
+            self._expose(path.resolve())
         self.hosts_file = self._work / "hosts"
         self.hosts_file.write_text(
             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\t{SANDBOX_HOST}\n"
@@ -89,13 +101,26 @@ class Sandbox:
                 "root or a user namespace with CAP_SYS_ADMIN (unshare --map-root-user)"
             )
 
+    def _expose(self, path: Path) -> None:
+        """Keep ``path``, if it is under the machine's /tmp, at the same path in the private one."""
+        host_tmp = Path("/tmp").resolve()
+        if not path.is_relative_to(host_tmp):
+            return
+        inside = self.tmp / path.relative_to(host_tmp)
+        inside.mkdir(parents=True, exist_ok=True)
+        self._binds.append((path, inside))
+
     def wrap(self, command: Sequence[str]) -> list[str]:
-        """``command`` run in a private mount namespace with the layer on /opt."""
+        """``command`` run in a private mount namespace with the layer on /opt and the
+        environment's own /tmp."""
         opt = str(self.layer_dir or self.empty_opt)
+        # The exposed directories are bound into the private /tmp while the machine's is still
+        # visible, then the whole tree goes on /tmp (--rbind keeps those binds).
+        binds = "".join(f"mount --bind {shlex.quote(str(a))} {shlex.quote(str(b))} && " for a, b in self._binds)
         # Read-only, as Lambda's /opt is: nothing (bytecode included) can be written into the layer.
         script = (
-            'mount --bind "$1" /opt && mount -o remount,bind,ro /opt && mount --bind "$2" /etc/hosts '
-            '&& shift 2 && exec "$@"'
+            'mount --bind "$1" /opt && mount -o remount,bind,ro /opt && mount --bind "$2" /etc/hosts && '
+            f'{binds}mount --rbind "$3" /tmp && shift 3 && exec "$@"'
         )
         prefix = [] if os.geteuid() == 0 else ["--map-root-user"]
         return [
@@ -110,6 +135,7 @@ class Sandbox:
             "sandbox",
             opt,
             str(self.hosts_file),
+            str(self.tmp),
             *command,
         ]
 
