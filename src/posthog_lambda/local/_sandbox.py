@@ -75,8 +75,10 @@ class Sandbox:
         self.tmp.mkdir()
         self.tmp.chmod(0o1777)
         self._binds: list[tuple[Path, Path]] = []
-        for path in [self._work, *exposed]:
-            self._expose(path.resolve())
+        # This interpreter (a virtual environment under /tmp, say) runs the runtime client.
+        interpreter = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent]
+        for path in _outermost([self._work, *exposed, *interpreter]):
+            self._expose(path)
         self.hosts_file = self._work / "hosts"
         self.hosts_file.write_text(
             f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\t{SANDBOX_HOST}\n"
@@ -157,6 +159,16 @@ class Sandbox:
 
     def close(self) -> None:
         shutil.rmtree(self._work, ignore_errors=True)
+
+
+def _outermost(paths: Sequence[Path]) -> list[Path]:
+    """``paths`` resolved, without those inside another of them (binding that one covers them)."""
+    resolved = sorted({path.resolve() for path in paths}, key=lambda path: len(path.parts))
+    kept: list[Path] = []
+    for path in resolved:
+        if not any(path.is_relative_to(outer) for outer in kept):
+            kept.append(path)
+    return kept
 
 
 def signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
