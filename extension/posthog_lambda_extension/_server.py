@@ -91,11 +91,14 @@ class FrameServer:
                     readable = select.select(connections, [], [], 0)[0] if connections else []
                 except (OSError, ValueError):  # one closed meanwhile: look again
                     readable = connections
-                if not readable:
-                    return True
+                # A reader marks itself busy before it takes data out of the socket: nothing
+                # unread and still no one busy means all written before was taken in.
+                with self._lock:
+                    if not readable and self._busy == 0:
+                        return True
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(0.001)  # a reader is about to recv() what select saw
+            time.sleep(0.001)  # a reader is about to take what select saw
 
     @property
     def connections(self) -> int:
@@ -147,11 +150,14 @@ class FrameServer:
         reader = _frames.Reader()
         source = f"a connection to {self.path}"
         try:
-            while data := connection.recv(READ_SIZE):
+            while True:
+                # Busy from before the data leaves the socket until it is taken in (settle).
+                select.select([connection], [], [])
                 with self._lock:
                     self._busy += 1
                 try:
-                    fed = self.intake.feed(reader, data, source)
+                    data = connection.recv(READ_SIZE)
+                    fed = bool(data) and self.intake.feed(reader, data, source)
                 finally:
                     with self._idle:
                         self._busy -= 1
