@@ -81,8 +81,9 @@ class SocketSink:
     def _items_frames(self, header: dict[str, Any], items: Sequence[Item]) -> bytes:
         if not items:
             return b""
-        # Usually one small frame: spans as records, the rare other events whole. If it is within
-        # the smallest per-event limit, so is every event a record stands for.
+        # Usually one small frame: spans as records, the rare other events whole. Within the
+        # smallest per-event limit, nothing in it needs cutting: the other events are whole in
+        # it, and records stand for $ai_* events, whose limit is far larger than that.
         try:
             records = []
             events = []
