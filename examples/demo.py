@@ -2,7 +2,7 @@
 
 Runs the example LLM app (examples/llm_app) in the local Lambda environment with the layer as
 `make layer` built it (build/layer: the extension and the library), a few invocations including
-a failing one, then shuts the environment down and prints what PostHog received as trace trees,
+one that raises and one that times out, then shuts the environment down and prints what PostHog received as trace trees,
 with each invocation's response latency and post-runtime duration. Events go to a local
 capture server, or to real PostHog when POSTHOG_API_KEY is set (POSTHOG_HOST, default US).
 """
@@ -12,18 +12,25 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from posthog_lambda.local import CaptureServer, LambdaEnvironment  # noqa: E402
 
-QUESTIONS = [
+QUESTIONS: list[dict[str, Any]] = [
     {"question": "What does an extension do in Lambda?", "user": "ada", "conversation": "c-1"},
     {"question": "Where is a layer extracted?", "user": "ada", "conversation": "c-1"},
     {"question": "", "user": "grace", "conversation": "c-2"},  # fails: an empty question
     {"question": "What does PostHog show for LLM apps?", "user": "grace", "conversation": "c-2"},
+    # The model takes longer than the function's timeout: the extension sends the trace as
+    # failed, with the spans that finished and the generation cut short; Lambda then starts a
+    # new environment for the next invocation (a cold start).
+    {"question": "Why is Lambda billed by the millisecond?", "user": "ada", "conversation": "c-3", "think_s": 30},
+    {"question": "What does a layer hold?", "user": "ada", "conversation": "c-3"},
 ]
+TIMEOUT_S = 3.0
 
 
 def main() -> int:
@@ -42,22 +49,25 @@ def main() -> int:
             print(f"sending to a local PostHog capture server at {local_posthog.url}\n")
         env["POSTHOG_LAMBDA_FLUSH"] = os.environ.get("POSTHOG_LAMBDA_FLUSH", "end")
         with LambdaEnvironment(
-            ROOT / "examples" / "llm_app", "app.handler", layer_dir=layer, env=env, timeout_s=10
+            ROOT / "examples" / "llm_app", "app.handler", layer_dir=layer, env=env, timeout_s=TIMEOUT_S
         ) as lambda_env:
             for number, event in enumerate(QUESTIONS, start=1):
                 result = lambda_env.invoke(event)
                 cold = f", cold start {result.init.duration_ms:.0f} ms" if result.init else ""
                 outcome = result.error["errorMessage"] if result.error else result.payload.get("statusCode")
-                print(
-                    f"invocation {number}: {result.status} ({outcome}): response latency "
-                    f"{result.response_latency_ms:.2f} ms, post-runtime {result.post_runtime_ms:.2f} ms{cold}"
+                latency, post = result.response_latency_ms, result.post_runtime_ms
+                timing = (
+                    f"response latency {latency:.2f} ms, post-runtime {post:.2f} ms"
+                    if latency is not None and post is not None
+                    else f"no response, {result.duration_ms:.0f} ms"
                 )
+                print(f"invocation {number}: {result.status} ({outcome}): {timing}{cold}")
             shutdown = lambda_env.shutdown()
         for extension in shutdown.extensions:
             ending = "killed at the deadline" if extension.killed else f"exited after {extension.exit_ms:.0f} ms"
             print(f"shutdown: extension {extension.name} {ending} (deadline {shutdown.deadline_ms:.0f} ms)")
         if real_key:
-            print("\nIn PostHog: LLM analytics > Traces; the four traces are named 'ask'.")
+            print("\nIn PostHog: LLM analytics > Traces; the six traces are named 'ask'.")
             return 0
         local_posthog.wait_for_events(sum(1 for q in QUESTIONS if q["question"]) * 4 + 2, timeout=10)
         print(f"\nPostHog received {len(local_posthog.events)} events:\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,8 +44,10 @@ def count_words(question: str) -> int:
     return len(question.split())
 
 
-def stream_answer(messages: list[dict[str, str]]) -> Iterator[str]:
-    """The stand-in model: a deterministic answer, streamed a few words at a time."""
+def stream_answer(messages: list[dict[str, str]], think_s: float = 0.0) -> Iterator[str]:
+    """The stand-in model: a deterministic answer, streamed a few words at a time, after
+    ``think_s`` seconds (a slow model call)."""
+    time.sleep(think_s)
     context = messages[0]["content"].split("\n", 1)[-1]
     answer = f"Based on what I found: {context}"
     words = answer.split(" ")
@@ -75,7 +78,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         model_parameters={"temperature": 0.2, "max_tokens": 256, "stream": True},
     ) as g:
         answer = ""
-        for delta in stream_answer(messages):
+        for delta in stream_answer(messages, float(event.get("think_s", 0))):
             g.chunk(delta)
             answer += delta
         input_tokens = sum(_tokens(m["content"]) for m in messages)
