@@ -38,8 +38,9 @@ FLUSH_MARGIN_S = 0.1
 invocation's deadline times the invocation out."""
 SHUTDOWN_MARGIN_S = 0.3
 START_GRACE_S = 0.5
-"""A traced handler sends START as it begins; none this long after INVOKE means an untraced one
-(only without the Telemetry API, whose runtimeDone ends untraced invocations)."""
+"""A traced handler sends its END, or START if it runs longer than about 0.3 s, well within this;
+neither this long after INVOKE means an untraced one (only without the Telemetry API, whose
+runtimeDone ends untraced invocations)."""
 END_AFTER_DONE_S = 0.05
 """After runtimeDone, how long an invocation that sent START still waits for its END frame (the
 frame is normally read before: the library sends it before the handler returns)."""

@@ -8,10 +8,10 @@
 - ``adaptive``: ``end`` while invocations are rare, ``batch`` once the median gap between the
   last few INVOKEs is shorter than the flush interval.
 
-Waiting for END needs the function to send START/END frames (``@posthog_traced``). If no
-START for an invocation arrives soon after its INVOKE, the function is taken to be untraced
-and invocations are handled like ``batch`` until a START shows up again; otherwise every
-invocation would wait until its deadline.
+Waiting for END needs the function to send START/END frames (``@posthog_traced``). If neither
+arrives for an invocation soon after its INVOKE (and no runtimeDone ends it), the function is
+taken to be untraced and invocations are handled like ``batch`` until a START or END shows up
+again; otherwise every invocation would wait until its deadline.
 """
 
 from __future__ import annotations
