@@ -213,15 +213,34 @@ def _handler_for(llm: FakeLLM) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class _Chat:
-    """OpenAI Chat Completions (``POST /v1/chat/completions``)."""
+class _Call:
+    """One request to the fake provider: what it asked for, and what the answer will count."""
+
+    default_model = "gpt-4o-mini"
 
     def __init__(self, llm: FakeLLM, body: dict[str, Any]) -> None:
         self.llm = llm
         self.body = body
-        self.model = str(body.get("model") or "gpt-4o-mini")
+        self.model = str(body.get("model") or self.default_model)
         self.input_tokens = prompt_tokens(body)
         self.output_tokens = count_tokens(llm.reply)
+
+    @staticmethod
+    def error(status: int) -> dict[str, Any]:
+        """The provider's error body for an HTTP ``status``."""
+        raise NotImplementedError
+
+    def whole(self) -> dict[str, Any]:
+        """The answer in one response."""
+        raise NotImplementedError
+
+    def events(self) -> list[tuple[str | None, Any, int | None]]:
+        """The answer as server-sent events: (event name, data, pause before it)."""
+        raise NotImplementedError
+
+
+class _Chat(_Call):
+    """OpenAI Chat Completions (``POST /v1/chat/completions``)."""
 
     @staticmethod
     def error(status: int) -> dict[str, Any]:
@@ -285,15 +304,8 @@ class _Chat:
         return out
 
 
-class _Responses:
+class _Responses(_Call):
     """OpenAI Responses (``POST /v1/responses``)."""
-
-    def __init__(self, llm: FakeLLM, body: dict[str, Any]) -> None:
-        self.llm = llm
-        self.body = body
-        self.model = str(body.get("model") or "gpt-4o-mini")
-        self.input_tokens = prompt_tokens(body)
-        self.output_tokens = count_tokens(llm.reply)
 
     @staticmethod
     def error(status: int) -> dict[str, Any]:
@@ -383,15 +395,10 @@ class _Embeddings(_Chat):
         }
 
 
-class _Messages:
+class _Messages(_Call):
     """Anthropic Messages (``POST /v1/messages``)."""
 
-    def __init__(self, llm: FakeLLM, body: dict[str, Any]) -> None:
-        self.llm = llm
-        self.body = body
-        self.model = str(body.get("model") or "claude-haiku-4-5")
-        self.input_tokens = prompt_tokens(body)
-        self.output_tokens = count_tokens(llm.reply)
+    default_model = "claude-haiku-4-5"
 
     @staticmethod
     def error(status: int) -> dict[str, Any]:
