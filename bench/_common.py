@@ -3,6 +3,7 @@ and README.md, the layer, and function directories with third-party packages."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib.metadata
 import importlib.util
@@ -178,3 +179,19 @@ def build_layer(into: Path) -> Path:
     spec.loader.exec_module(module)
     built: Path = module.build(into)
     return built
+
+
+def arguments(doc: str | None, writes: str) -> argparse.ArgumentParser:
+    """A benchmark's command line: its docstring as the help, and ``--write`` to rewrite
+    ``writes`` (named in the help)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write", action="store_true", help=f"also rewrite {writes}")
+    return parser
+
+
+def positive(text: str) -> int:
+    """An argparse type: a count of rounds or invocations."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value

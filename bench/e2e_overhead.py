@@ -14,12 +14,11 @@ environment shut down and invoked again, in turns.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import RESULTS, SRC, build_layer, median, p99, run_description
+from _common import RESULTS, SRC, arguments, build_layer, median, p99, positive, run_description
 from _lambda import SETUPS, Functions, Samples, minus, over, paired
 from _publish import Target, publish, verdict
 
@@ -69,15 +68,14 @@ def cold_table(samples: dict[str, Samples]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", action="store_true", help="also rewrite the e2e_overhead section and the chart")
-    parser.add_argument("--invocations", type=int, default=INVOCATIONS, help="warm invocations per setup and delay")
-    parser.add_argument("--cold", type=int, default=COLD, help="cold starts per setup")
+    parser = arguments(__doc__, "the e2e_overhead section and the chart")
+    parser.add_argument("--invocations", type=positive, default=INVOCATIONS, help="warm invocations per setup, delay")
+    parser.add_argument("--cold", type=positive, default=COLD, help="cold starts per setup")
     parser.add_argument("--delays", default=",".join(f"{d:g}" for d in DELAYS_MS), help="receiver delays, ms")
     args = parser.parse_args()
     delays = [float(d) for d in args.delays.split(",")]
-    if args.invocations < 1 or args.cold < 1 or 0.0 not in delays:
-        parser.error("--invocations and --cold must be positive, and --delays must include 0")
+    if 0.0 not in delays:
+        parser.error("--delays must include 0")
     sys.path.insert(0, str(SRC))
 
     warm: dict[float, dict[str, Samples]] = {}

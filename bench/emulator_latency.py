@@ -10,14 +10,13 @@ directly in this process, measured in the same run.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 import tempfile
 from pathlib import Path
 from time import perf_counter_ns
 
-from _common import SRC, median, p99, run_description
+from _common import SRC, arguments, median, p99, positive, run_description
 from _publish import publish
 
 INVOCATIONS = 20
@@ -40,9 +39,8 @@ def direct_us(function_dir: Path, calls: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", action="store_true", help="also rewrite the emulator section of BENCHMARKS.md")
-    parser.add_argument("--invocations", type=int, default=INVOCATIONS, help="warm invocations")
+    parser = arguments(__doc__, "the emulator section of BENCHMARKS.md")
+    parser.add_argument("--invocations", type=positive, default=INVOCATIONS, help="warm invocations")
     args = parser.parse_args()
     sys.path.insert(0, str(SRC))
     from posthog_lambda.local import LambdaEnvironment

@@ -15,7 +15,6 @@ burst: one invocation handing it 1,000 spans' events, sent to a local capture se
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import SRC, build_layer, capture_server, median, p99, run_description
+from _common import SRC, arguments, build_layer, capture_server, median, p99, positive, run_description
 from _extension import Extension, ExtensionsApi, Traffic, extension_env, record_traffic, replay
 from _publish import Target, publish, verdict
 
@@ -63,9 +62,8 @@ def bare_ms() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", action="store_true", help="also rewrite the extension_start section")
-    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser = arguments(__doc__, "the extension_start section")
+    parser.add_argument("--rounds", type=positive, default=ROUNDS)
     args = parser.parse_args()
     sys.path.insert(0, str(SRC))
     server = capture_server()

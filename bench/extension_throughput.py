@@ -22,14 +22,13 @@ everything before it on the connection has been taken in by then.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import SRC, build_layer, capture_server, median, p99, run_description
+from _common import SRC, arguments, build_layer, capture_server, median, p99, positive, run_description
 from _extension import Extension, ExtensionsApi, Traffic, extension_env, record_traffic, replay
 from _publish import Target, publish, verdict
 
@@ -138,12 +137,9 @@ def memory(bootstrap: Path, tmp: Path) -> tuple[list[tuple[int, float, float]], 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", action="store_true", help="also rewrite the extension_throughput section")
-    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser = arguments(__doc__, "the extension_throughput section")
+    parser.add_argument("--rounds", type=positive, default=ROUNDS)
     args = parser.parse_args()
-    if args.rounds < 1:
-        parser.error("--rounds must be positive")
     sys.path.insert(0, str(SRC))
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

@@ -12,7 +12,6 @@ without the interpreter's start-up (and with importtime's own overhead).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import subprocess
@@ -20,7 +19,7 @@ import sys
 from collections.abc import Callable
 from time import perf_counter_ns
 
-from _common import SRC, median, p99, run_description
+from _common import SRC, arguments, median, p99, positive, run_description
 from _publish import Target, publish, verdict
 
 ROUNDS = 20
@@ -110,12 +109,9 @@ def report(samples: dict[str, list[float]], rounds: int) -> tuple[str, list[Targ
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", action="store_true", help="also rewrite the import_cost section of BENCHMARKS.md")
-    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser = arguments(__doc__, "the import_cost section of BENCHMARKS.md")
+    parser.add_argument("--rounds", type=positive, default=ROUNDS)
     args = parser.parse_args()
-    if args.rounds < 1:
-        parser.error("--rounds must be positive")
     samples = measure(args.rounds)
     text, targets, summary = report(samples, args.rounds)
     print(text)

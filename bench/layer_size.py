@@ -5,11 +5,10 @@
 
 from __future__ import annotations
 
-import argparse
 import zipfile
 from pathlib import Path
 
-from _common import ROOT, run_description
+from _common import ROOT, arguments, run_description
 from _publish import Target, publish, verdict
 
 LAYER = ROOT / "build" / "layer"
@@ -25,8 +24,7 @@ def size(paths: list[Path]) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", action="store_true", help="also rewrite the layer_size section of BENCHMARKS.md")
+    parser = arguments(__doc__, "the layer_size section of BENCHMARKS.md")
     args = parser.parse_args()
     if not ZIP.exists():
         raise SystemExit("build the layer first: make layer")

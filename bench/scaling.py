@@ -13,13 +13,12 @@ growth from one level to the next divided by the spans added.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import SRC, build_layer, median, run_description
+from _common import SRC, arguments, build_layer, median, positive, run_description
 from _lambda import SETUPS, Functions, Samples, minus, paired
 from _publish import publish
 
@@ -48,12 +47,9 @@ def shape(steps: list[float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", action="store_true", help="also rewrite the scaling section of BENCHMARKS.md")
-    parser.add_argument("--invocations", type=int, default=INVOCATIONS, help="warm invocations per level and setup")
+    parser = arguments(__doc__, "the scaling section of BENCHMARKS.md")
+    parser.add_argument("--invocations", type=positive, default=INVOCATIONS, help="warm invocations per level, setup")
     args = parser.parse_args()
-    if args.invocations < 1:
-        parser.error("--invocations must be positive")
     sys.path.insert(0, str(SRC))
 
     levels: dict[int, dict[str, Samples]] = {}

@@ -13,7 +13,6 @@ BENCHMARKS.md.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import logging
@@ -31,7 +30,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-from _common import SRC, closed_port, median, p99, run_description
+from _common import SRC, arguments, closed_port, median, p99, positive, run_description
 from _publish import Target, publish, verdict
 
 ROUNDS = 20
@@ -386,15 +385,14 @@ def report(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", action="store_true", help="also rewrite the span_cost section of BENCHMARKS.md")
-    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser = arguments(__doc__, "the span_cost section of BENCHMARKS.md")
+    parser.add_argument("--rounds", type=positive, default=ROUNDS)
     parser.add_argument(
         "--batch", type=int, default=BATCH, help=f"operations per round, a multiple of {SPANS_PER_INVOCATION}"
     )
     args = parser.parse_args()
-    if args.rounds < 1 or args.batch < SPANS_PER_INVOCATION or args.batch % SPANS_PER_INVOCATION:
-        parser.error(f"--rounds must be positive and --batch a positive multiple of {SPANS_PER_INVOCATION}")
+    if args.batch < SPANS_PER_INVOCATION or args.batch % SPANS_PER_INVOCATION:
+        parser.error(f"--batch must be a positive multiple of {SPANS_PER_INVOCATION}")
 
     sys.path.insert(0, str(SRC))
     port = closed_port()
