@@ -17,7 +17,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._spans import Trace
     from ._types import Event
 
 PRIVATE_PROPERTIES = ("$ai_input", "$ai_output_choices", "$ai_input_state", "$ai_output_state")
@@ -39,46 +38,45 @@ def iso(unix_seconds: float) -> str:
     return f"{text}.{micros:06d}+00:00"
 
 
-def assemble(
-    kind: str,
-    trace: Trace,
-    library: dict[str, Any],
-    user: dict[str, Any] | None,
-    wall: float,
-) -> Event:
-    return make_event(
-        kind, trace.distinct_id, library, user, wall, trace.common, trace.groups, trace.anonymous, trace.privacy_mode
-    )
+# What every event of a trace shares: its header (``Trace.header``), sent once per frame with
+# the trace's span records, so short keys.
+TRACE_ID = "t"
+DISTINCT_ID = "d"
+ANONYMOUS = "a"
+SESSION_ID = "s"
+GROUPS = "g"
+PRIVACY = "pm"
+COMMON = "c"
 
 
 def make_event(
     kind: str,
-    distinct_id: str,
+    header: dict[str, Any],
     library: dict[str, Any],
     user: dict[str, Any] | None,
     wall: float,
-    common: dict[str, Any] | None,
-    groups: dict[str, Any] | None,
-    anonymous: bool,
-    privacy_mode: bool,
 ) -> Event:
-    # ``library`` is a fresh dict made for this event, so it can be the result itself.
+    """The event: the trace's shared properties, then ``user``'s, then ``library``'s (a fresh
+    dict made for this event, so it can be the result itself); its groups, person profile and
+    privacy mode; a UUIDv7 and the timestamp of ``wall`` (Unix seconds)."""
+    common = header.get(COMMON)
     if user:
         props = {**common, **user, **library} if common else {**user, **library}
     elif common:
         props = {**common, **library}
     else:
         props = library
+    groups = header.get(GROUPS)
     if groups:
         props["$groups"] = groups
-    if anonymous:
+    if header.get(ANONYMOUS):
         props["$process_person_profile"] = False
-    if privacy_mode:
+    if header.get(PRIVACY):
         for key in PRIVATE_PROPERTIES:
             props.pop(key, None)
     return {
         "event": kind,
-        "distinct_id": distinct_id,
+        "distinct_id": header[DISTINCT_ID],
         "properties": props,
         "uuid": _ids.uuid7(int(wall * 1000)),
         "timestamp": iso(wall),

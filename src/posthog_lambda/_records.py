@@ -13,7 +13,7 @@ Standard library only: the extension imports it too.
 from __future__ import annotations
 
 from . import _ids
-from ._events import make_event
+from ._events import SESSION_ID, TRACE_ID, make_event
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,15 +30,6 @@ if TYPE_CHECKING:
 KIND, NAME, PARENT, END_US, LATENCY_NS, ID, ERROR, PROPERTIES, FIELDS, MASK, INPUT, OUTPUT = range(12)
 HAS_INPUT = 1
 HAS_OUTPUT = 2
-
-# Header keys: what every event of a trace shares.
-TRACE_ID = "t"
-DISTINCT_ID = "d"
-ANONYMOUS = "a"
-SESSION_ID = "s"
-GROUPS = "g"
-PRIVACY = "pm"
-COMMON = "c"
 
 
 def _messages(value: Any, role: str) -> Any:
@@ -87,15 +78,4 @@ def expand(header: dict[str, Any], record: list[Any]) -> Event:
             library["$ai_output_state"] = record[OUTPUT]
     if fields:
         library.update(fields)
-    end = end_us / 1e6
-    return make_event(
-        kind,
-        header[DISTINCT_ID],
-        library,
-        user,
-        end,
-        header.get(COMMON),
-        header.get(GROUPS),
-        bool(header.get(ANONYMOUS)),
-        bool(header.get(PRIVACY)),
-    )
+    return make_event(kind, header, library, user, end_us / 1e6)

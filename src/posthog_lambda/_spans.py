@@ -16,6 +16,7 @@ from _thread import allocate_lock
 
 from . import _config, _ids
 from ._context import current, deactivate
+from ._events import ANONYMOUS, COMMON, DISTINCT_ID, GROUPS, PRIVACY, SESSION_ID, TRACE_ID, make_event
 from ._jsonable import SCALARS, to_jsonable
 from ._log import logger, record_drop
 from ._records import FIELDS, HAS_INPUT, HAS_OUTPUT, INPUT, MASK
@@ -149,17 +150,17 @@ class Trace:
             self._due = self._announce_at = float("inf")
 
     def header(self) -> dict[str, Any]:
-        """What every event of this trace shares, as ``_records`` reads it (made once)."""
+        """What every event of this trace shares (``_events``' header keys), made once."""
         header = self._header
         if header is None:
             header = self._header = {
-                "t": self.trace_id,
-                "d": self.distinct_id,
-                "a": self.anonymous,
-                "s": self.session_id,
-                "g": self.groups,
-                "pm": self.privacy_mode,
-                "c": self.common,
+                TRACE_ID: self.trace_id,
+                DISTINCT_ID: self.distinct_id,
+                ANONYMOUS: self.anonymous,
+                SESSION_ID: self.session_id,
+                GROUPS: self.groups,
+                PRIVACY: self.privacy_mode,
+                COMMON: self.common,
             }
         return header
 
@@ -195,9 +196,6 @@ class Trace:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def pending(self) -> int:
-        return len(self._items)
 
     def due(self, now: float) -> bool:
         """Whether the ticker should hand over now: finished spans or an announcement wait."""
@@ -300,9 +298,7 @@ class RawEvent:
         self.wall = _wall()
 
     def to_event(self) -> Event:
-        from ._events import assemble
-
-        return assemble(self.kind, self.trace, self.properties, None, self.wall)
+        return make_event(self.kind, self.trace.header(), self.properties, None, self.wall)
 
 
 class Span:
