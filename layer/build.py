@@ -1,9 +1,13 @@
 """Lay out the Lambda layer's content root (what the zip holds, what Lambda extracts to /opt).
 
 extensions/posthog-lambda          the launcher; its file name is the extension's name
-posthog-lambda-extension/          the extension's code and a private copy of the library,
-                                   on no path but its own (the function cannot break it)
+posthog-lambda-extension/          the extension's code and a private copy of the contract
+                                   package, on no path but its own (the function cannot break it)
 python/posthog_lambda/             the library, importable by the function
+python/posthog_lambda_contract/    the contract package, which the library imports
+
+Both directories are allow-lists: a new module of the library never reaches the extension, and
+the development tooling (``posthog_lambda.local``) reaches neither.
 
 python layer/build.py OUT_DIR [ZIP]   (make layer: build/layer and build/posthog-lambda-layer.zip)
 """
@@ -22,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY = ROOT / "src" / "posthog_lambda"
+CONTRACT = ROOT / "src" / "posthog_lambda_contract"
 EXTENSION = ROOT / "extension" / "posthog_lambda_extension"
 NAME = "posthog-lambda"
 SUPPORTED_MINORS = (11, 12, 13)
@@ -50,12 +55,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 runpy.run_module("posthog_lambda_extension", run_name="__main__", alter_sys=True)
 '''
 
-# The emulator (local/) is development tooling; the extension has no use for testing.py either.
-_SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "local", "testing.py")
-# ...nor for what only the function's side uses: the integrations.
-_SKIP_IN_EXTENSION = shutil.ignore_patterns(
-    "__pycache__", "*.pyc", "local", "testing.py", "_client.py", "powertools.py", "__main__.py"
+_SKIP = shutil.ignore_patterns("__pycache__", "*.pyc")
+LAYOUT: tuple[tuple[Path, str], ...] = (
+    (EXTENSION, f"{EXTENSION_DIR}/posthog_lambda_extension"),
+    (CONTRACT, f"{EXTENSION_DIR}/posthog_lambda_contract"),
+    (LIBRARY, "python/posthog_lambda"),
+    (CONTRACT, "python/posthog_lambda_contract"),
 )
+"""What goes where: nothing else of the source tree is shipped."""
+LEFT_OUT = {LIBRARY: ("local",)}
+"""Parts of a shipped package that are development tooling: the local Lambda environment."""
 
 
 def build(out: Path) -> Path:
@@ -67,13 +76,11 @@ def build(out: Path) -> Path:
     launcher.write_text(LAUNCHER)
     launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     private = out / EXTENSION_DIR
-    shutil.copytree(EXTENSION, private / "posthog_lambda_extension", ignore=_SKIP)
-    shutil.copytree(LIBRARY, private / "posthog_lambda", ignore=_SKIP_IN_EXTENSION)
+    for source, target in LAYOUT:
+        skip = shutil.ignore_patterns("__pycache__", "*.pyc", *LEFT_OUT.get(source, ()))
+        shutil.copytree(source, out / target, ignore=skip)
     (private / "bootstrap.py").write_text(BOOTSTRAP)
     _bundle_secret_store_client(private)
-    shutil.copytree(
-        LIBRARY, out / "python" / "posthog_lambda", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "local")
-    )
     _compile(out)
     return out
 
@@ -136,7 +143,11 @@ def _compile(out: Path) -> None:
     # What runs before the extension registers, and the library; the bundled powertools loads
     # only after registering, when a secret store is configured, so it ships as source.
     private = out / EXTENSION_DIR
-    directories = [str(private / "posthog_lambda_extension"), str(private / "posthog_lambda"), str(out / "python")]
+    directories = [
+        str(private / "posthog_lambda_extension"),
+        str(private / "posthog_lambda_contract"),
+        str(out / "python"),
+    ]
     for python in _interpreters():
         subprocess.run(
             [python, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash", *directories],

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 
-from posthog_lambda import _frames
-from posthog_lambda._config import AI_EVENT_LIMIT, BATCH_EVENT_LIMIT
+from posthog_lambda_contract import frames
+from posthog_lambda_contract.limits import AI_EVENT_LIMIT, BATCH_EVENT_LIMIT
 
 from . import _log
 from ._traces import Traces
@@ -31,7 +31,7 @@ def dumps(event: dict[str, Any]) -> bytes:
 
 def fit_event(event: dict[str, Any], limit: int) -> bytes:
     """The event's JSON with its largest property values cut to fit ``limit`` bytes."""
-    from posthog_lambda._size import fit
+    from posthog_lambda_contract.limits import fit
 
     properties = event.get("properties")
     fitted = {**event, "properties": fit(properties if isinstance(properties, dict) else {}, limit)}
@@ -58,7 +58,7 @@ class Intake:
         """When set, events are counted under this reason instead of buffered (the reason was
         said when it was set)."""
 
-    def feed(self, reader: _frames.Reader, data: bytes, source: str) -> bool:
+    def feed(self, reader: frames.Reader, data: bytes, source: str) -> bool:
         """Hand ``data`` to ``reader`` and act on what it yields; False once the stream is broken."""
         frames, errors = reader.feed(data)
         for error in errors:
@@ -67,19 +67,19 @@ class Intake:
             self.frame(kind, payload)
         return reader.broken is None
 
-    def finish(self, reader: _frames.Reader, source: str) -> None:
+    def finish(self, reader: frames.Reader, source: str) -> None:
         """The stream ended: a frame cut short is lost."""
         if reader.broken is None and reader.pending:
             self.drops.add("frames_truncated", 1, f"{source} ended {reader.pending} bytes into a frame")
 
     def frame(self, kind: int, payload: dict[str, Any]) -> None:
-        if kind == _frames.START:
+        if kind == frames.START:
             _log.debug(f"START {payload['request_id']}")
             self.traces.start(payload)
             self.invocations.start(payload["request_id"], payload["deadline_ms"])
-        elif kind == _frames.OPEN:
+        elif kind == frames.OPEN:
             self.traces.opened(payload)
-        elif kind == _frames.END:
+        elif kind == frames.END:
             _log.debug(f"END {payload['request_id']}")
             self.traces.end(payload["request_id"])
             self.invocations.end(payload["request_id"])
@@ -91,8 +91,8 @@ class Intake:
                 self.spans(payload["trace"], spans)
 
     def spans(self, header: dict[str, Any], records: list[Any]) -> None:
-        """Finished spans sent as records (``posthog_lambda._records``): their events."""
-        from posthog_lambda._records import expand
+        """Finished spans sent as records (``posthog_lambda_contract.records``): their events."""
+        from posthog_lambda_contract.records import expand
 
         for record in records:
             try:
@@ -103,7 +103,7 @@ class Intake:
             self.event(event)
 
     def event(self, event: Any) -> None:
-        problem = _frames.valid_event(event)
+        problem = frames.valid_event(event)
         if problem is not None:
             self.drops.add("events_invalid", 1, problem)
             return

@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 
-from posthog_lambda import constants
+from posthog_lambda_contract import environment
 
 from . import _log
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 RUNTIME_PACKAGES = "/var/runtime"
 """Where AWS's Python runtimes keep boto3 (and botocore, jmespath, ...)."""
-JSON_FIELDS = (constants.POSTHOG_API_KEY, "api_key")
+JSON_FIELDS = (environment.POSTHOG_API_KEY, "api_key")
 """The fields of a JSON secret that may hold the key, the first present wins."""
 PROBLEM_CHARS = 300
 
@@ -71,7 +71,7 @@ class KeyStore:
 
     def describe(self) -> str:
         """Where the key comes from, for log lines."""
-        what = "Secrets Manager secret" if self.variable == constants.POSTHOG_API_KEY_SECRET_ARN else "SSM parameter"
+        what = "Secrets Manager secret" if self.variable == environment.POSTHOG_API_KEY_SECRET_ARN else "SSM parameter"
         return f"the {what} {self.name!r} ({self.variable})"
 
     def start(self) -> None:
@@ -111,7 +111,7 @@ class KeyStore:
         _add_runtime_packages()
         from aws_lambda_powertools.utilities.parameters import get_parameter, get_secret
 
-        if self.variable == constants.POSTHOG_API_KEY_SECRET_ARN:
+        if self.variable == environment.POSTHOG_API_KEY_SECRET_ARN:
             return key_from_secret(get_secret(self.name, force_fetch=force))
         value = get_parameter(self.name, decrypt=True, force_fetch=force).strip()
         if not value:

@@ -30,8 +30,8 @@ import os
 import time
 from collections import deque
 
-from posthog_lambda._config import BATCH_EVENT_LIMIT, MIN_EVENT_LIMIT
-from posthog_lambda._log import mask
+from posthog_lambda_contract.keys import mask
+from posthog_lambda_contract.limits import BATCH_EVENT_LIMIT, MIN_EVENT_LIMIT
 
 from . import __version__, _log
 from ._drops import iso_now

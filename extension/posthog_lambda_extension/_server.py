@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 
-from posthog_lambda import _frames
+from posthog_lambda_contract import frames
 
 from . import _log
 from ._listener import listen
@@ -147,7 +147,7 @@ class FrameServer:
             connection.close()
 
     def _read(self, connection: socket.socket) -> None:
-        reader = _frames.Reader()
+        reader = frames.Reader()
         source = f"a connection to {self.path}"
         try:
             while True:

@@ -7,9 +7,9 @@ in a secret store is only named here; ``_secrets`` reads it once the extension h
 
 from __future__ import annotations
 
-from posthog_lambda import constants
-from posthog_lambda._frames import DEFAULT_SOCKET, DEFAULT_SPOOL
-from posthog_lambda._log import parse_flag
+from posthog_lambda_contract import environment
+from posthog_lambda_contract.environment import parse_flag
+from posthog_lambda_contract.frames import DEFAULT_SOCKET, DEFAULT_SPOOL
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,28 +47,28 @@ class Settings:
         self.problems: list[str] = []
         self._env = environ
         self.name = argv[0].rsplit("/", 1)[-1] if argv and argv[0] else DEFAULT_NAME
-        self.debug = self._flag(constants.POSTHOG_LAMBDA_DEBUG, False)
-        self.disabled = self._flag(constants.POSTHOG_DISABLED, False)
-        self.api_key = environ.get(constants.POSTHOG_API_KEY, "").strip() or None
+        self.debug = self._flag(environment.POSTHOG_LAMBDA_DEBUG, False)
+        self.disabled = self._flag(environment.POSTHOG_DISABLED, False)
+        self.api_key = environ.get(environment.POSTHOG_API_KEY, "").strip() or None
         self.key_store = self._key_store()
         self.host = self._host()
-        mode = environ.get(constants.POSTHOG_LAMBDA_FLUSH, "").strip().lower() or "adaptive"
+        mode = environ.get(environment.POSTHOG_LAMBDA_FLUSH, "").strip().lower() or "adaptive"
         if mode not in MODES:
-            self._problem(constants.POSTHOG_LAMBDA_FLUSH, mode, "is not one of adaptive, end, batch; using adaptive")
+            self._problem(environment.POSTHOG_LAMBDA_FLUSH, mode, "is not one of adaptive, end, batch; using adaptive")
             mode = "adaptive"
         self.mode = mode
-        self.flush_at = self._positive(constants.POSTHOG_FLUSH_AT, DEFAULT_FLUSH_AT)
-        self.flush_interval_ms = self._positive(constants.POSTHOG_FLUSH_INTERVAL, DEFAULT_FLUSH_INTERVAL_MS)
+        self.flush_at = self._positive(environment.POSTHOG_FLUSH_AT, DEFAULT_FLUSH_AT)
+        self.flush_interval_ms = self._positive(environment.POSTHOG_FLUSH_INTERVAL, DEFAULT_FLUSH_INTERVAL_MS)
         memory_mb = self._positive("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", DEFAULT_MEMORY_MB)
-        buffer_bytes = self._positive(constants.POSTHOG_LAMBDA_BUFFER_BYTES, memory_mb * 1024 * 1024 // 10)
+        buffer_bytes = self._positive(environment.POSTHOG_LAMBDA_BUFFER_BYTES, memory_mb * 1024 * 1024 // 10)
         if buffer_bytes < MIN_BUFFER_BYTES:
             self._problem(
-                constants.POSTHOG_LAMBDA_BUFFER_BYTES, str(buffer_bytes), f"is too small; using {MIN_BUFFER_BYTES}"
+                environment.POSTHOG_LAMBDA_BUFFER_BYTES, str(buffer_bytes), f"is too small; using {MIN_BUFFER_BYTES}"
             )
             buffer_bytes = MIN_BUFFER_BYTES
         self.buffer_bytes = buffer_bytes
-        self.socket_path = environ.get(constants.POSTHOG_LAMBDA_SOCKET, "").strip() or DEFAULT_SOCKET
-        self.spool_dir = environ.get(constants.POSTHOG_LAMBDA_SPOOL_DIR, "").strip() or DEFAULT_SPOOL
+        self.socket_path = environ.get(environment.POSTHOG_LAMBDA_SOCKET, "").strip() or DEFAULT_SOCKET
+        self.spool_dir = environ.get(environment.POSTHOG_LAMBDA_SPOOL_DIR, "").strip() or DEFAULT_SPOOL
 
     @property
     def discard_reason(self) -> str | None:
@@ -84,9 +84,9 @@ class Settings:
     def _key_store(self) -> tuple[str, str] | None:
         """The variable naming where to read the key, and its value: the secret wins over the
         parameter, and an explicit POSTHOG_API_KEY over both (each one ignored is a problem)."""
-        winner = constants.POSTHOG_API_KEY if self.api_key is not None else None
+        winner = environment.POSTHOG_API_KEY if self.api_key is not None else None
         store = None
-        for variable in (constants.POSTHOG_API_KEY_SECRET_ARN, constants.POSTHOG_API_KEY_SSM_PARAMETER):
+        for variable in (environment.POSTHOG_API_KEY_SECRET_ARN, environment.POSTHOG_API_KEY_SSM_PARAMETER):
             name = self._env.get(variable, "").strip()
             if not name:
                 continue
@@ -123,14 +123,14 @@ class Settings:
         return value
 
     def _host(self) -> str | None:
-        raw = self._env.get(constants.POSTHOG_HOST, "").strip() or DEFAULT_HOST
+        raw = self._env.get(environment.POSTHOG_HOST, "").strip() or DEFAULT_HOST
         host = raw.rstrip("/")
         if "://" not in host:
             host = "https://" + host
         scheme, _, rest = host.partition("://")
         if scheme.lower() not in ("http", "https") or not rest or rest.startswith("/"):
             self._problem(
-                constants.POSTHOG_HOST,
+                environment.POSTHOG_HOST,
                 raw,
                 "is not an http(s) URL such as https://us.i.posthog.com; events from the function are discarded",
             )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from posthog_lambda import _frames
+from posthog_lambda_contract import frames
 
 from . import _log
 
@@ -19,12 +19,12 @@ class Spool:
     def drain(self) -> int:
         """Read, act on and remove every spool file; how many files there were. Never raises."""
         try:
-            contents = _frames.claim_spool(self.directory)
+            contents = frames.claim_spool(self.directory)
         except OSError as exc:
             _log.once("spool", f"cannot read the spool directory {self.directory}: {exc}")
             return 0
         for content in contents:
-            reader = _frames.Reader()
+            reader = frames.Reader()
             source = f"a spool file in {self.directory}"
             self.intake.feed(reader, content, source)
             self.intake.finish(reader, source)

@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 
-from posthog_lambda import constants
+from posthog_lambda_contract import environment
 
 from . import _log
 from ._drops import iso_now, new_uuid
@@ -44,7 +44,7 @@ BUFFERING = {"maxItems": 1000, "maxBytes": 262144, "timeoutMs": 25}
 MAX_BODY = 8 * 1024 * 1024
 CONNECTION_TIMEOUT_S = 2.0
 KEEP = 64
-PRICES_VARIABLE = constants.POSTHOG_LAMBDA_PRICES
+PRICES_VARIABLE = environment.POSTHOG_LAMBDA_PRICES
 DEFAULT_PRICES = {"x86_64": 0.0000166667, "arm64": 0.0000133334, "request": 0.0000002}
 """USD per GB-second by architecture, and per request (AWS's list prices, us-east-1)."""
 

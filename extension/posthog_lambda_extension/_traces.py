@@ -58,7 +58,7 @@ class Traces:
         self._traces: dict[str, Trace] = {}
 
     def start(self, payload: Mapping[str, Any]) -> None:
-        """A START frame (its shape checked by ``_frames``)."""
+        """A START frame (its shape checked by ``frames``)."""
         request_id, trace_id = payload["request_id"], payload["trace_id"]
         with self._lock:
             self._requests[trace_id] = request_id
@@ -133,7 +133,7 @@ def failed_events(running: Running, status: str, now: float) -> list[dict[str, A
     """The events that report ``running`` as failed with Lambda's ``status`` (``timeout``,
     ``failure``, ...): its ``$ai_trace`` and each span cut short, ended at the deadline for a
     timeout, else at ``now`` (Unix seconds) or the deadline, whichever is earlier."""
-    from posthog_lambda._events import iso
+    from posthog_lambda_contract.events import iso
 
     assert running.trace is not None
     deadline = running.deadline_ms / 1000

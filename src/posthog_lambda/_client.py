@@ -36,9 +36,11 @@ from _collections_abc import Mapping  # collections.abc's, without its import co
 from _thread import allocate_lock
 from contextvars import ContextVar
 
-from . import _config, _ids
+from posthog_lambda_contract import ids as _ids
+from posthog_lambda_contract.events import iso
+
+from . import _config
 from ._context import current
-from ._events import iso
 from ._jsonable import to_jsonable
 from ._log import logger, record_drop
 from ._sinks import deliver

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 
-from . import constants
-from ._frames import DEFAULT_SOCKET, DEFAULT_SPOOL
+from posthog_lambda_contract import environment as constants
+from posthog_lambda_contract.frames import DEFAULT_SOCKET, DEFAULT_SPOOL
+from posthog_lambda_contract.limits import AI_EVENT_LIMIT, BATCH_EVENT_LIMIT, MIN_EVENT_LIMIT, limit_for
+
 from ._jsonable import DEFAULT_REDACT_KEYS, redact_key_set
 from ._log import env_flag, logger
 
@@ -20,12 +22,7 @@ if TYPE_CHECKING:
 
     from ._types import Sink
 
-DEFAULT_HOST = "https://us.i.posthog.com"
-BATCH_EVENT_LIMIT = 900 * 1024
-"""/batch/ rejects events above ~1 MB; posthog-python caps them at 900 KiB."""
-AI_EVENT_LIMIT = 8 * 1024 * 1024 - 64 * 1024
-"""/i/v0/ai/batch/ takes 8 MiB per event; keep room for the envelope."""
-MIN_EVENT_LIMIT = 16 * 1024
+DEFAULT_HOST = constants.DEFAULT_HOST
 
 
 class Config:
@@ -83,9 +80,7 @@ class Config:
         return Config(**values)
 
     def limit_for(self, event: str) -> int:
-        if event.startswith("$ai_"):
-            return self.max_event_bytes
-        return min(self.max_event_bytes, BATCH_EVENT_LIMIT)
+        return limit_for(event, self.max_event_bytes)
 
 
 def _env_str(name: str) -> str | None:

@@ -12,15 +12,13 @@ import os
 import sys
 from _thread import allocate_lock
 
-from . import constants
+from posthog_lambda_contract.environment import POSTHOG_LAMBDA_DEBUG, parse_flag
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import logging
     from typing import Any
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
 NAME = "posthog_lambda"
 
 
@@ -54,7 +52,7 @@ def _setup() -> logging.Logger:
     real = logging.getLogger(NAME)
     if not any(isinstance(h, logging.NullHandler) for h in real.handlers):
         real.addHandler(logging.NullHandler())
-    if _flag(constants.POSTHOG_LAMBDA_DEBUG) is True:
+    if _flag(POSTHOG_LAMBDA_DEBUG) is True:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("[posthog_lambda] %(levelname)s %(message)s"))
         real.addHandler(handler)
@@ -63,16 +61,6 @@ def _setup() -> logging.Logger:
         # Above CRITICAL: nothing reaches the user's handlers unless they lower it themselves.
         real.setLevel(logging.CRITICAL + 1)
     return real
-
-
-def parse_flag(raw: str) -> bool | None:
-    """A boolean setting as both sides of the product read one; None when it is neither."""
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    return None
 
 
 def _flag(name: str) -> bool | None:
@@ -88,15 +76,6 @@ def env_flag(name: str, default: bool) -> bool:
             logger.warning("%s=%r is not a boolean; using %s", name, os.environ[name], default)
         return default
     return value
-
-
-def mask(secret: str | None) -> str:
-    """Show enough of a key to recognise it, never enough to use it."""
-    if not secret:
-        return "<unset>"
-    if len(secret) <= 8:
-        return "****"
-    return f"{secret[:4]}****{secret[-4:]}"
 
 
 _drops: dict[str, int] = {}

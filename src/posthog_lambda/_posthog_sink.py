@@ -11,7 +11,9 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._log import logger, mask
+from posthog_lambda_contract.keys import mask
+
+from ._log import logger
 
 if TYPE_CHECKING:
     from ._types import Event

@@ -17,8 +17,10 @@ from __future__ import annotations
 import os
 from _thread import allocate_lock
 
+from posthog_lambda_contract.keys import mask
+
 from . import _config
-from ._log import logger, mask, record_drop
+from ._log import logger, record_drop
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -13,8 +13,9 @@ import socket
 import time
 from _thread import allocate_lock
 
-from . import _frames
-from ._config import BATCH_EVENT_LIMIT
+from posthog_lambda_contract import frames as _frames
+from posthog_lambda_contract.limits import BATCH_EVENT_LIMIT
+
 from ._log import logger, record_drop
 from ._wire import encode, fitted
 

@@ -14,12 +14,24 @@ from __future__ import annotations
 import time
 from _thread import allocate_lock
 
-from . import _config, _ids
+from posthog_lambda_contract import ids as _ids
+from posthog_lambda_contract.events import (
+    ANONYMOUS,
+    COMMON,
+    DISTINCT_ID,
+    GROUPS,
+    MAX_EVENT_BYTES,
+    PRIVACY,
+    SESSION_ID,
+    TRACE_ID,
+    make_event,
+)
+from posthog_lambda_contract.records import FIELDS, HAS_INPUT, HAS_OUTPUT, INPUT, MASK
+
+from . import _config
 from ._context import current, deactivate
-from ._events import ANONYMOUS, COMMON, DISTINCT_ID, GROUPS, PRIVACY, SESSION_ID, TRACE_ID, make_event
 from ._jsonable import SCALARS, to_jsonable
 from ._log import logger, record_drop
-from ._records import FIELDS, HAS_INPUT, HAS_OUTPUT, INPUT, MASK
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -161,6 +173,7 @@ class Trace:
                 GROUPS: self.groups,
                 PRIVACY: self.privacy_mode,
                 COMMON: self.common,
+                MAX_EVENT_BYTES: self.config.max_event_bytes,
             }
         return header
 
@@ -591,7 +604,7 @@ class Span:
         return record
 
     def to_event(self) -> Event:
-        from ._records import expand
+        from posthog_lambda_contract.records import expand
 
         return expand(self._trace.header(), self.record())
 

@@ -8,17 +8,11 @@ The library's own modules import it for type checking only.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, TypedDict, runtime_checkable
+from typing import Protocol, runtime_checkable
 
+from posthog_lambda_contract.schema import Event
 
-class Event(TypedDict):
-    """One event as PostHog's capture API receives it."""
-
-    event: str
-    distinct_id: str
-    properties: dict[str, Any]
-    uuid: str
-    timestamp: str
+__all__ = ["Event", "Sink"]
 
 
 @runtime_checkable

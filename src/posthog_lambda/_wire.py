@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 
+from posthog_lambda_contract.limits import fit
+
 from . import _config
-from ._size import fit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

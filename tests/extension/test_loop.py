@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from posthog_lambda import _frames
 from posthog_lambda.local.capture import CaptureServer
+from posthog_lambda_contract import frames as _frames
 from posthog_lambda_extension import _api, _log, _main
 from posthog_lambda_extension._api import ApiError, ExtensionsApi
 from posthog_lambda_extension._drops import DISTINCT_ID, DROPPED_EVENT

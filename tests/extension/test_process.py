@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from posthog_lambda import _frames
 from posthog_lambda.local.capture import CaptureServer
+from posthog_lambda_contract import frames as _frames
 from posthog_lambda_extension._main import NICENESS
 from tests.extension import make_event
 

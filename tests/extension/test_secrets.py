@@ -17,8 +17,8 @@ import pytest
 from aws_lambda_powertools.utilities.parameters.constants import DEFAULT_PROVIDERS
 from moto import mock_aws
 
-from posthog_lambda import _frames
 from posthog_lambda.local.capture import AI_BATCH_PATH, BATCH_PATH, CaptureServer
+from posthog_lambda_contract import frames as _frames
 from posthog_lambda_extension import _log, _loop, _secrets
 from posthog_lambda_extension._loop import Extension
 from posthog_lambda_extension._secrets import KeyStore, key_from_secret

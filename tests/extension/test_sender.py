@@ -9,9 +9,9 @@ from datetime import datetime
 
 import pytest
 
-from posthog_lambda._config import BATCH_EVENT_LIMIT
-from posthog_lambda._log import mask
 from posthog_lambda.local.capture import AI_BATCH_PATH, BATCH_PATH, CaptureServer
+from posthog_lambda_contract.keys import mask
+from posthog_lambda_contract.limits import BATCH_EVENT_LIMIT
 from posthog_lambda_extension import _log
 from posthog_lambda_extension._buffer import Buffer
 from posthog_lambda_extension._drops import Drops

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from posthog_lambda import _frames
-from posthog_lambda._config import BATCH_EVENT_LIMIT
+from posthog_lambda_contract import frames as _frames
+from posthog_lambda_contract.limits import BATCH_EVENT_LIMIT
 from posthog_lambda_extension import _log
 from posthog_lambda_extension._buffer import Buffer
 from posthog_lambda_extension._drops import Drops

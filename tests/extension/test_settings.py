@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from posthog_lambda import _frames
+from posthog_lambda_contract import frames as _frames
 from posthog_lambda_extension._settings import MIN_BUFFER_BYTES, Settings
 
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from posthog_lambda import _frames, constants
+from posthog_lambda import constants
 from posthog_lambda.local.capture import CaptureServer
+from posthog_lambda_contract import frames as _frames
 from posthog_lambda_extension import _log, _telemetry
 from posthog_lambda_extension._api import ExtensionsApi
 from posthog_lambda_extension._buffer import Buffer

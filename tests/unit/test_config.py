@@ -9,18 +9,25 @@ from typing import Any
 import pytest
 
 from posthog_lambda import configure, constants
-from posthog_lambda._config import BATCH_EVENT_LIMIT, DEFAULT_HOST, get_config
+from posthog_lambda._config import DEFAULT_HOST, get_config
+from posthog_lambda_contract import environment
+from posthog_lambda_contract.limits import BATCH_EVENT_LIMIT
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _env_names() -> dict[str, str]:
-    """Each constant in constants.py with its docstring."""
-    tree = ast.parse(pathlib.Path(constants.__file__).read_text())
+    """Each environment variable's name (a constant whose value is its name) with its docstring."""
+    assert constants.POSTHOG_API_KEY == environment.POSTHOG_API_KEY  # the public name of the same module
+    tree = ast.parse(pathlib.Path(environment.__file__).read_text())
     names: dict[str, str] = {}
     body = tree.body
     for node, following in zip(body, [*body[1:], None], strict=True):
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Constant)
+            and [getattr(t, "id", None) for t in node.targets] == [node.value.value]
+        ):
             assert isinstance(following, ast.Expr), f"{ast.unparse(node)} has no docstring"
             names[node.value.value] = ast.literal_eval(following.value)
     return names

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from posthog_lambda import _frames
-from posthog_lambda._frames import END, EVENTS, START, FrameError, Reader
+from posthog_lambda_contract import frames as _frames
+from posthog_lambda_contract.frames import END, EVENTS, START, FrameError, Reader
 
 
 def test_frames_round_trip_whatever_the_read_sizes() -> None:

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from posthog_lambda import _records, configure, embedding, generation, posthog_traced, span
+from posthog_lambda import configure, embedding, generation, posthog_traced, span
+from posthog_lambda_contract import records as _records
 from tests.helpers import LambdaContext
 
 

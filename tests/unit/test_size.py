@@ -7,8 +7,7 @@ import json
 from typing import Any
 
 from posthog_lambda import configure, generation, posthog_traced, span
-from posthog_lambda._config import AI_EVENT_LIMIT, BATCH_EVENT_LIMIT
-from posthog_lambda._size import TRUNCATED_PROPERTY, fit, json_size
+from posthog_lambda_contract.limits import AI_EVENT_LIMIT, BATCH_EVENT_LIMIT, TRUNCATED_PROPERTY, fit, json_size
 from tests.helpers import one
 
 

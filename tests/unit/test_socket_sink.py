@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
-from posthog_lambda import _frames, _records, generation, posthog_traced, span
+from posthog_lambda import generation, posthog_traced, span
 from posthog_lambda._sinks import current_sink
 from posthog_lambda._socket_sink import SocketSink
 from posthog_lambda._spans import HANDOFF_AT
+from posthog_lambda_contract import frames as _frames
+from posthog_lambda_contract import records as _records
 from tests.helpers import LambdaContext
 
 

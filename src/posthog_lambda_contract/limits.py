@@ -1,17 +1,73 @@
-"""Keep every event under its endpoint's size limit by truncating values, never by dropping.
+"""PostHog's size limits, and keeping every event within them by truncating values, never by
+dropping: the one place either side decides how large an event may be.
 
-The common case (a small event) costs one ``json.dumps``. Only oversized events pay for
+An event's limit is its endpoint's (``/i/v0/ai/batch/`` for ``$ai_*`` events, ``/batch/`` for
+the rest) lowered to the user's ``max_event_bytes``. Serializing is where an event's size
+becomes known, so ``encode`` is also where an oversized event is cut down: once, on the way
+out. The common case (a small event) costs one ``json.dumps``. Only oversized events pay for
 truncation, which cuts the largest values first, shortening long strings inside structures so
 that messages keep their shape, and marks every cut visibly.
 """
 
 from __future__ import annotations
 
-import json
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from .schema import Event
+
+BATCH_EVENT_LIMIT = 900 * 1024
+"""/batch/ rejects events above ~1 MB; posthog-python caps them at 900 KiB. Also the default
+``max_event_bytes``."""
+AI_EVENT_LIMIT = 8 * 1024 * 1024 - 64 * 1024
+"""/i/v0/ai/batch/ takes 8 MiB per event; keep room for the envelope."""
+MIN_EVENT_LIMIT = 16 * 1024
+"""The smallest ``max_event_bytes`` accepted, and what a 413 makes an event fit before the last try."""
+
+
+def clamp(max_event_bytes: int) -> int:
+    """``max_event_bytes`` within what PostHog and this module can honour."""
+    return max(MIN_EVENT_LIMIT, min(max_event_bytes, AI_EVENT_LIMIT))
+
+
+def limit_for(kind: str, max_event_bytes: int = BATCH_EVENT_LIMIT) -> int:
+    """The most bytes an event named ``kind`` may take, given the user's ``max_event_bytes``."""
+    if kind.startswith("$ai_"):
+        return max_event_bytes
+    return min(max_event_bytes, BATCH_EVENT_LIMIT)
+
+
+def dumps(value: object) -> bytes:
+    """Compact, strict UTF-8 JSON: what goes on the wire."""
+    import json  # on first use: the library imports this module on every cold start
+
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def encode(event: Event, limit: int) -> bytes:
+    """The event as ``dumps`` writes it, its largest values cut if it exceeds ``limit`` bytes."""
+    data = dumps(event)
+    if len(data) <= limit:
+        return data
+    return dumps(_cut(event, limit))
+
+
+def fitted(event: Event, limit: int) -> Event:
+    """The event itself if it is within ``limit`` bytes, else a copy with its largest values cut."""
+    import json
+
+    # ASCII-escaped JSON is never shorter than the UTF-8 bytes: a cheap upper bound first.
+    if len(json.dumps(event, separators=(",", ":"))) <= limit:
+        return event
+    return _cut(event, limit)
+
+
+def _cut(event: Event, limit: int) -> Event:
+    properties = event.get("properties")
+    cut: Event = {**event, "properties": fit(properties if isinstance(properties, dict) else {}, limit)}
+    return cut
+
 
 MARK = "…[truncated by posthog-lambda: {} of {} chars kept]"
 TRUNCATED_PROPERTY = "posthog_lambda_truncated"
@@ -23,6 +79,8 @@ _PROTECTED = frozenset({"$ai_trace_id", "$ai_span_id", "$ai_parent_id", "$ai_gen
 
 def json_size(value: Any) -> int:
     """UTF-8 bytes of ``value`` as compact JSON."""
+    import json
+
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     return len(text) if text.isascii() else len(text.encode("utf-8"))
 
@@ -30,6 +88,8 @@ def json_size(value: Any) -> int:
 def fit(props: dict[str, Any], limit: int) -> dict[str, Any]:
     """``props`` if it fits in ``limit`` bytes, else a copy whose largest values are cut down
     to a common size, so that no single value is emptied to make room for another."""
+    import json
+
     budget = limit - _ENVELOPE
     # ASCII-escaped JSON is never shorter than its UTF-8 bytes: a cheap upper bound first.
     if len(json.dumps(props, separators=(",", ":"))) <= budget:
@@ -61,6 +121,8 @@ def fit(props: dict[str, Any], limit: int) -> dict[str, Any]:
 
 def truncate(value: Any, budget: int) -> Any:
     """A version of ``value`` whose JSON fits in about ``budget`` bytes, cuts marked."""
+    import json
+
     if isinstance(value, str):
         return _cut_string(value, budget)
     if isinstance(value, (dict, list)):

@@ -4,24 +4,26 @@ Making an event (two random ids, a timestamp, a dozen properties with a trace id
 each) and serializing it costs several times what the span itself did, and in a traced handler
 it happens as the handler returns, on the response path. So spans leave the handler's process
 as records (short keys, only what is set, no id the extension can make itself) with one header
-per trace, and the extension turns them into events with ``expand``, the same function this
-library uses for every other sink: both sides make the same events.
+per trace, and the extension turns them into events with ``expand``, the same function the
+library uses for every other exporter: both sides make the same events.
 
-Standard library only: the extension imports it too.
+A record is immutable once made (a tuple; JSON makes it a list on the way): what an exporter
+receives can never be changed by the span or the user afterwards.
 """
 
 from __future__ import annotations
 
-from . import _ids
-from ._events import SESSION_ID, TRACE_ID, make_event
+from . import ids
+from .events import TRACE_ID, make_event
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
-    from ._types import Event
+    from .schema import Event
 
-# A record is a list, by position (JSON writes a list of numbers much faster than an object
+# A record is a tuple, by position (JSON writes a list of numbers much faster than an object
 # of floats): kind, name, parent id, end (Unix microseconds), latency (nanoseconds), then
 # optional items, None when absent: the span's id (when something already used it: a child,
 # the user; else the reader makes one), error, user properties, ``$ai_*`` fields the library
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 KIND, NAME, PARENT, END_US, LATENCY_NS, ID, ERROR, PROPERTIES, FIELDS, MASK, INPUT, OUTPUT = range(12)
 HAS_INPUT = 1
 HAS_OUTPUT = 2
+RUNNING = -1
+"""LATENCY_NS of a span announced while it runs (START, OPEN): its END_US is when it started."""
 
 
 def _messages(value: Any, role: str) -> Any:
@@ -41,7 +45,7 @@ def _messages(value: Any, role: str) -> Any:
     return value
 
 
-def expand(header: dict[str, Any], record: list[Any]) -> Event:
+def expand(header: dict[str, Any], record: Sequence[Any]) -> Event:
     """The event ``record`` stands for. Precedence, lowest first: the trace's shared properties,
     the span's custom properties, what the library sets (a user's property never overwrites a
     ``$ai_*`` field). Raises KeyError, IndexError, TypeError or ValueError for a malformed one."""
@@ -51,7 +55,7 @@ def expand(header: dict[str, Any], record: list[Any]) -> Event:
     trace_id: str = header[TRACE_ID]
     library: dict[str, Any] = {"$ai_trace_id": trace_id}
     if kind != "$ai_trace":
-        span_id = span_id or _ids.uuid4()
+        span_id = span_id or ids.uuid4()
         library["$ai_span_id"] = span_id
         library["$ai_parent_id"] = parent
     library["$ai_span_name"] = name
@@ -59,9 +63,6 @@ def expand(header: dict[str, Any], record: list[Any]) -> Event:
     library["$ai_is_error"] = error is not None
     if error is not None:
         library["$ai_error"] = error
-    session_id = header.get(SESSION_ID)
-    if session_id is not None:
-        library["$ai_session_id"] = session_id
     if kind == "$ai_generation" or kind == "$ai_embedding":
         if kind == "$ai_generation":
             library["$ai_generation_id"] = span_id
@@ -79,3 +80,18 @@ def expand(header: dict[str, Any], record: list[Any]) -> Event:
     if fields:
         library.update(fields)
     return make_event(kind, header, library, user, end_us / 1e6)
+
+
+def cut_short(record: Sequence[Any], ended: float, error: str, fields: dict[str, Any]) -> tuple[Any, ...]:
+    """A running span's record (``RUNNING``) completed as failed: ended at ``ended`` (Unix
+    seconds), ``error`` its error, ``fields`` added to what the library set."""
+    started_us = record[END_US]
+    if not isinstance(started_us, int):
+        raise TypeError(f"not a span record: {record!r:.80}")
+    ended_us = max(started_us, int(ended * 1e6))
+    out = list(record)
+    out[END_US] = ended_us
+    out[LATENCY_NS] = (ended_us - started_us) * 1000
+    out[ERROR] = error
+    out[FIELDS] = {**(record[FIELDS] or {}), **fields}
+    return tuple(out)

@@ -8,20 +8,25 @@ JSON payload:
 
 Kinds and payloads (version 1):
 
-- START  ``{"request_id", "trace_id", "deadline_ms", "trace"?, "open"?}``: a traced invocation
-  is still running a while after it began (deadline in Unix ms). ``trace`` is its ``$ai_trace``
-  event and ``open`` the events of the spans running at that moment, as they would be sent if
-  they ended then: what the extension completes and sends as failed if the invocation times out
-  or its process dies. Invocations that end sooner send no START: their END says it all.
-- OPEN   ``{"request_id", "trace_id", "open"}``: more spans running, after START.
+- START  ``{"request_id", "trace_id", "deadline_ms", "trace", "root"?, "open"?}``: a traced
+  invocation is still running a while after it began (deadline in Unix ms). ``trace`` is the
+  trace's header (``events``' keys), ``root`` the record of its ``$ai_trace`` and ``open`` the
+  records of the spans running at that moment, each with its id, ``LATENCY_NS`` set to
+  ``records.RUNNING`` and ``END_US`` to when it started: what the extension completes
+  (``records.cut_short``) and sends as failed if the invocation times out or its process dies.
+  Invocations that end sooner send no START: their END says it all.
+- OPEN   ``{"request_id", "trace_id", "open"}``: more running spans' records, after START.
 - EVENTS ``{"events": [event, ...], "trace"?, "spans"?}``: finished PostHog events, each with
   its uuid; and finished spans of one trace as records, with the trace's header: each stands for
-  the event ``_records.expand(trace, record)`` returns (the reader makes it).
+  the event ``records.expand(trace, record)`` returns (the reader makes it).
 - END    ``{"request_id", "trace_id"}``: the handler returned or raised; no more events.
 
+One shape of span on the wire: a record (``records``), finished or running.
+
 A reader rejects, without crashing, anything else: wrong magic, unknown version or kind, a
-payload over ``MAX_PAYLOAD`` bytes, invalid JSON, or a payload of the wrong shape. Standard
-library only: the extension imports this module before it registers.
+payload over ``MAX_PAYLOAD`` bytes, invalid JSON, or a payload of the wrong shape. The
+extension imports this module before it registers: keep its imports cheap. Worth keeping as it
+is: this docstring is the protocol's specification, and ``Reader`` never raises on any input.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 MAGIC = b"PL"
-VERSION = 1
+VERSION = 2
 START = 1
 EVENTS = 2
 END = 3
@@ -63,7 +68,7 @@ def encode(kind: int, payload: dict[str, Any]) -> bytes:
 
 
 def encode_events(events: list[bytes]) -> bytes:
-    """An EVENTS frame from events already serialized to JSON (``_wire.encode``), so that each
+    """An EVENTS frame from events already serialized to JSON (``limits.encode``), so that each
     event is serialized exactly once on its way out."""
     body = b'{"events":[' + b",".join(events) + b"]}"
     if len(body) > MAX_PAYLOAD:
@@ -109,8 +114,10 @@ def parse_payload(kind: int, body: bytes) -> dict[str, Any]:
                 raise FrameError(f"{KINDS[kind]} payload has no {key}")
         if kind == START and not isinstance(payload.get("deadline_ms"), int):
             raise FrameError("START payload has no integer deadline_ms")
-        if "trace" in payload and not isinstance(payload["trace"], dict):
-            raise FrameError(f"{KINDS[kind]} payload's trace is not an object")
+        if kind == START and not isinstance(payload.get("trace"), dict):
+            raise FrameError("START payload has no trace header")
+        if "root" in payload and not isinstance(payload["root"], list):
+            raise FrameError(f"{KINDS[kind]} payload's root is not a record")
         if not isinstance(payload.get("open", []), list) or (kind == OPEN and "open" not in payload):
             raise FrameError(f"{KINDS[kind]} payload has no open list")
     return payload
