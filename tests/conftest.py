@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 
-from posthog_lambda import _config, _lambda, _sinks
-from posthog_lambda.testing import capture_events
+from posthog_lambda.testing import capture_events, reset
 from tests.helpers import LambdaContext
 
 _OUR_ENV = ("POSTHOG_", "AWS_LAMBDA_", "AWS_REGION", "_X_AMZN_TRACE_ID")
@@ -19,16 +18,9 @@ def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith(_OUR_ENV):
             monkeypatch.delenv(name)
-    _config.reset_config()
-    _sinks._auto = None
-    _lambda._cold = False
+    reset(cold_start=False)
     yield
-    _config.reset_config()
-    if _sinks._auto is not None:
-        close = getattr(_sinks._auto[1], "close", None)
-        if close is not None:
-            close()
-    _sinks._auto = None
+    reset(cold_start=False)
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 API's ``platform.runtimeDone`` said are over (and how), for the main loop to wait on.
 
 Frames can arrive before the extension has even handled the INVOKE they belong to, so every
-kind is remembered (the last ``KEEP`` request ids of each).
+kind is remembered (the last ``RECENT`` request ids of each).
 """
 
 from __future__ import annotations
@@ -12,8 +12,17 @@ import threading
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
-KEEP = 64
+RECENT = 64
+"""Recent invocations remembered, for each thing remembered about them (here, in ``_traces`` and
+in ``_telemetry``): Lambda runs one invocation at a time per environment, so a few are plenty."""
+
+
+def forget_oldest(seen: dict[str, Any]) -> None:
+    """Keep the ``RECENT`` newest entries of ``seen`` (insertion order)."""
+    while len(seen) > RECENT:
+        del seen[next(iter(seen))]
 
 
 class Invocations:
@@ -29,21 +38,21 @@ class Invocations:
         with self._changed:
             self._started[request_id] = deadline_ms
             self.announced += 1
-            _trim(self._started)
+            forget_oldest(self._started)
             self._changed.notify_all()
 
     def end(self, request_id: str) -> None:
         with self._changed:
             self._ended[request_id] = None
             self.announced += 1
-            _trim(self._ended)
+            forget_oldest(self._ended)
             self._changed.notify_all()
 
     def runtime_done(self, request_id: str, status: str = "") -> None:
         """``platform.runtimeDone``: the runtime finished the invocation, with ``status``."""
         with self._changed:
             self._done[request_id] = status
-            _trim(self._done)
+            forget_oldest(self._done)
             self._changed.notify_all()
 
     def done(self, request_id: str) -> bool:
@@ -68,8 +77,3 @@ class Invocations:
         runtimeDone arrives)."""
         with self._changed:
             return self._changed.wait_for(predicate, max(0.0, timeout))
-
-
-def _trim(seen: dict[str, int] | dict[str, None] | dict[str, str]) -> None:
-    while len(seen) > KEEP:
-        del seen[next(iter(seen))]

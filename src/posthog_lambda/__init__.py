@@ -6,13 +6,14 @@ on every cold start. ``ContextExecutor``, ``Sink`` and ``Event`` load on first u
 
 from __future__ import annotations
 
-from ._capture import capture_feedback, capture_metric
 from ._config import configure
 from ._context import carry_context
+from ._drops import dropped_counts
+from ._factories import current_span, embedding, generation, span
 from ._handler import posthog_traced
-from ._log import dropped_counts
-from ._scope import NoOpSpan, current_span, embedding, generation, span
+from ._noop import NoOpSpan
 from ._spans import Embedding, Generation, Span
+from ._trace_events import capture_feedback, capture_metric
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def posthog_client() -> Any:
     ``@posthog_traced`` handler their events join its trace under the running span, with its
     user, session, groups, privacy mode and redaction; outside one they are sent as they are.
     No flush needed. Its module loads on the first call, off the import path."""
-    from ._client import posthog_client as client
+    from ._ai_wrappers import posthog_client as client
 
     return client()
 

@@ -10,10 +10,10 @@ import os
 
 from posthog_lambda_contract import environment as constants
 from posthog_lambda_contract.frames import DEFAULT_SOCKET, DEFAULT_SPOOL
-from posthog_lambda_contract.limits import AI_EVENT_LIMIT, BATCH_EVENT_LIMIT, MIN_EVENT_LIMIT, limit_for
+from posthog_lambda_contract.limits import AI_EVENT_LIMIT, BATCH_EVENT_LIMIT, MIN_EVENT_LIMIT, clamp, limit_for
 
 from ._jsonable import DEFAULT_REDACT_KEYS, redact_key_set
-from ._log import env_flag, logger
+from ._log import logger
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class Config:
         *,
         enabled: bool,
         api_key: str | None,
-        host: str,
+        host: str | None,
         privacy_mode: bool,
         default_distinct_id: str | None,
         capture_input: bool,
@@ -62,6 +62,7 @@ class Config:
         self.enabled = enabled
         self.api_key = api_key
         self.host = host
+        """PostHog's base URL for the direct fallback; None when the one given is not a URL."""
         self.privacy_mode = privacy_mode
         self.default_distinct_id = default_distinct_id
         self.capture_input = capture_input
@@ -88,19 +89,42 @@ def _env_str(name: str) -> str | None:
     return value or None
 
 
+def env_flag(name: str, default: bool) -> bool:
+    """A boolean environment variable; an unreadable value keeps the default, logged."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = constants.parse_flag(raw)
+    if value is None:
+        logger.warning("%s=%r is not a boolean; using %s", name, raw, default)
+        return default
+    return value
+
+
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
-    if raw is None or not raw.strip():
+    value = constants.parse_int(raw)
+    if value is None:
+        if raw is not None and raw.strip():
+            logger.warning("%s=%r is not an integer; using %d", name, raw, default)
         return default
-    try:
-        return int(raw.strip())
-    except ValueError:
-        logger.warning("%s=%r is not an integer; using %d", name, raw, default)
-        return default
+    return value
+
+
+def _host(raw: str | None) -> str | None:
+    host = constants.parse_host(raw)
+    if host is None:
+        logger.warning(
+            "%s=%r is not an http(s) URL such as %s; events are not sent to PostHog directly",
+            constants.POSTHOG_HOST,
+            raw,
+            DEFAULT_HOST,
+        )
+    return host
 
 
 def _clamp_limit(value: int) -> int:
-    clamped = max(MIN_EVENT_LIMIT, min(value, AI_EVENT_LIMIT))
+    clamped = clamp(value)
     if clamped != value:
         logger.warning(
             "max event size %d is outside [%d, %d]; using %d", value, MIN_EVENT_LIMIT, AI_EVENT_LIMIT, clamped
@@ -117,7 +141,7 @@ def _from_env() -> Config:
     return Config(
         enabled=env_flag(constants.POSTHOG_LAMBDA_ENABLED, True),
         api_key=_env_str(constants.POSTHOG_API_KEY),
-        host=(_env_str(constants.POSTHOG_HOST) or DEFAULT_HOST).rstrip("/"),
+        host=_host(os.environ.get(constants.POSTHOG_HOST)),
         privacy_mode=env_flag(constants.POSTHOG_PRIVACY_MODE, False),
         default_distinct_id=_env_str(constants.POSTHOG_DEFAULT_DISTINCT_ID),
         capture_input=env_flag(constants.POSTHOG_LAMBDA_CAPTURE_INPUT, True),
@@ -201,7 +225,7 @@ def configure(
             changes[name] = value or None
     if host is not UNSET:
         _check("host", host, str)
-        changes["host"] = host.rstrip("/") or DEFAULT_HOST
+        changes["host"] = _host(host)
     if max_event_bytes is not UNSET:
         _check("max_event_bytes", max_event_bytes, int)
         changes["max_event_bytes"] = _clamp_limit(max_event_bytes)

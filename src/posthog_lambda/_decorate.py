@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ._context import current, deactivate
 from ._log import logger
-from ._spans import MISSING
+from ._missing import MISSING
 from ._wraps import wraps
 
 TYPE_CHECKING = False
@@ -65,7 +65,7 @@ def _succeed(span: Span, output: Any) -> None:
     """Record the output, then end the span as leaving a ``with`` block would."""
     try:
         if output is not MISSING:
-            span.set_output(output)
+            span.update(output=output)
     except Exception:
         logger.exception("recording the output of %r failed", span.name)
     span.end()
@@ -81,7 +81,7 @@ def _detach(span: Span) -> Span:
 
 
 def _collector(span: Span) -> list[Any] | None:
-    return [] if span.trace.record_output else None
+    return [] if span._trace.record_output else None
 
 
 def _joined(items: list[Any] | None) -> Any:

@@ -12,7 +12,6 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any
 
-    from ._spans import Trace
 
 _MAX_CHAIN = 10
 _MAX_FRAMES = 100
@@ -92,10 +91,10 @@ def exception_list(error: BaseException) -> list[dict[str, Any]]:
     return out
 
 
-def exception_properties(error: BaseException, trace: Trace) -> dict[str, Any]:
+def exception_properties(error: BaseException, trace_id: str) -> dict[str, Any]:
     return {
         "$exception_list": exception_list(error),
         "$exception_level": "error",
-        "$ai_trace_id": trace.trace_id,
+        "$ai_trace_id": trace_id,
         "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
     }

@@ -10,7 +10,8 @@ from ._decorate import instrument
 from ._jsonable import to_jsonable
 from ._lambda import deadline_ms, lambda_properties, request_id, take_cold_start
 from ._log import logger
-from ._spans import Span, Trace, TraceSpan
+from ._spans import Span, TraceSpan
+from ._trace import Trace
 from ._wraps import overload
 
 TYPE_CHECKING = False
@@ -114,7 +115,7 @@ def posthog_traced(
                 return None
             event, context = _handler_arguments(handler, args, kwargs)
             parent = current.get()
-            if parent is not None and not parent.trace.closed:
+            if parent is not None and not parent._trace.closed:
                 return Span(trace_name, event).__enter__()
             common = dict(shared)
             rid = request_id(context)

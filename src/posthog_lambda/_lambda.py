@@ -20,6 +20,12 @@ def take_cold_start() -> bool:
     return cold and os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") != "provisioned-concurrency"
 
 
+def set_cold_start(cold: bool) -> None:
+    """Whether the next traced invocation counts as this process's cold start (``testing.reset()``)."""
+    global _cold
+    _cold = cold
+
+
 def _xray_root(header: str | None) -> str | None:
     if not header:
         return None

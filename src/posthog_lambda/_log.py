@@ -1,16 +1,14 @@
-"""The library's one logger, secret masking, and the accounting of anything dropped.
+"""The library's one logger, ``posthog_lambda``.
 
-The logger is silent unless POSTHOG_LAMBDA_DEBUG is set: a tracing library must not write
-into its users' logs on its own. ``logging`` itself is imported on the first message, not at
-import time (it costs more than the rest of the package). Whatever is dropped is still
-counted, so that a test or the user can ask how much was lost and why (``dropped_counts()``).
+It is silent unless POSTHOG_LAMBDA_DEBUG is set: a tracing library must not write into its
+users' logs on its own. ``logging`` itself is imported on the first message, not at import
+time (it costs more than the rest of the package).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from _thread import allocate_lock
 
 from posthog_lambda_contract.environment import POSTHOG_LAMBDA_DEBUG, parse_flag
 
@@ -52,7 +50,7 @@ def _setup() -> logging.Logger:
     real = logging.getLogger(NAME)
     if not any(isinstance(h, logging.NullHandler) for h in real.handlers):
         real.addHandler(logging.NullHandler())
-    if _flag(POSTHOG_LAMBDA_DEBUG) is True:
+    if parse_flag(os.environ.get(POSTHOG_LAMBDA_DEBUG, "")) is True:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("[posthog_lambda] %(levelname)s %(message)s"))
         real.addHandler(handler)
@@ -61,35 +59,3 @@ def _setup() -> logging.Logger:
         # Above CRITICAL: nothing reaches the user's handlers unless they lower it themselves.
         real.setLevel(logging.CRITICAL + 1)
     return real
-
-
-def _flag(name: str) -> bool | None:
-    raw = os.environ.get(name)
-    return None if raw is None else parse_flag(raw)
-
-
-def env_flag(name: str, default: bool) -> bool:
-    """Read a boolean environment variable; an unreadable value keeps the default, logged."""
-    value = _flag(name)
-    if value is None:
-        if os.environ.get(name) is not None:
-            logger.warning("%s=%r is not a boolean; using %s", name, os.environ[name], default)
-        return default
-    return value
-
-
-_drops: dict[str, int] = {}
-_drops_lock = allocate_lock()
-
-
-def record_drop(reason: str, count: int = 1, detail: str = "") -> None:
-    """Count and log something the library had to drop. Never raises."""
-    with _drops_lock:
-        total = _drops[reason] = _drops.get(reason, 0) + count
-    logger.warning("dropped %d (%s, %d so far)%s", count, reason, total, f": {detail}" if detail else "")
-
-
-def dropped_counts() -> dict[str, int]:
-    """What has been dropped so far in this process, by reason."""
-    with _drops_lock:
-        return dict(_drops)

@@ -1,10 +1,12 @@
 """Spans, generations, embeddings and the trace they belong to.
 
 Entering and leaving a span is the hot path (a handler may open thousands), so it only
-records times and already-converted values; ids are made when first needed and the PostHog
-event is built once, when the trace is handed over.
+records times and already-converted values; ids are made when first needed, and the record
+that stands for its event is made when the batch hands it over.
 
-A ``Span`` is also its own context manager and decorator: ``span("x")`` returns a span that
+A span knows nothing of delivery: it tells its trace's batch (``_processor``) when it starts and
+when it ends, and gives its record (``_record``) when the batch asks. A ``Span`` is also its
+own context manager and decorator: ``span("x")`` returns a span that
 starts when entered. Entering the same object again (or decorating a function with it) starts
 a new span each time, from the same description.
 """
@@ -12,306 +14,30 @@ a new span each time, from the same description.
 from __future__ import annotations
 
 import time
-from _thread import allocate_lock
 
 from posthog_lambda_contract import ids as _ids
-from posthog_lambda_contract.events import (
-    ANONYMOUS,
-    COMMON,
-    DISTINCT_ID,
-    GROUPS,
-    MAX_EVENT_BYTES,
-    PRIVACY,
-    SESSION_ID,
-    TRACE_ID,
-    make_event,
-)
-from posthog_lambda_contract.records import FIELDS, HAS_INPUT, HAS_OUTPUT, INPUT, MASK
+from posthog_lambda_contract.records import HAS_INPUT, HAS_OUTPUT, INPUT, MASK, RUNNING
 
 from . import _config
 from ._context import current, deactivate
+from ._decorate import arguments, instrument
+from ._drops import record_drop
 from ._jsonable import SCALARS, to_jsonable
-from ._log import logger, record_drop
+from ._log import logger
+from ._missing import MISSING
+from ._trace import Trace
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from contextvars import Token
     from types import TracebackType
-    from typing import Any, ClassVar, Self, TypeAlias, TypeVar
-
-    from ._config import Config
-    from ._types import Event
+    from typing import Any, ClassVar, Self, TypeVar
 
     F = TypeVar("F", bound=Callable[..., Any])
     Pending = tuple["dict[str, Any] | None", "bool | None"]
-    Item: TypeAlias = "Span | RawEvent"
-    """What a trace's buffer holds."""
-
-
-class _Missing:
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-MISSING: Any = _Missing()
-"""Stands for "not given", since None is a legitimate input or output."""
 
 _perf = time.perf_counter
-_wall = time.time
-
-HANDOFF_AT = 64
-"""Finished spans a streaming trace collects before handing them over mid-invocation."""
-HANDOFF_INTERVAL_S = 0.2
-"""...or the longest a finished span waits before being handed over mid-invocation. An
-invocation still running this long after it began is also announced to the extension then
-(START, with the spans running at that moment), so that a timeout or a crash from then on
-can be reported as a failed trace; shorter invocations never pay for announcing themselves."""
-
-
-class Trace:
-    """What all events of one trace share, and the buffer they wait in until the trace ends.
-
-    ``detached``: only describes events that wait in another trace's buffer (never handed off
-    on its own, so never watched by the hand-off ticker)."""
-
-    __slots__ = (
-        "_announce_at",
-        "_announced",
-        "_closed",
-        "_due",
-        "_handoff_at",
-        "_header",
-        "_items",
-        "_lock",
-        "_started",
-        "_taken",
-        "_wall0",
-        "anonymous",
-        "common",
-        "config",
-        "deadline_ms",
-        "distinct_id",
-        "groups",
-        "privacy_mode",
-        "record_input",
-        "record_output",
-        "redact",
-        "request_id",
-        "session_id",
-        "trace_id",
-    )
-
-    def __init__(
-        self,
-        config: Config,
-        *,
-        trace_id: str | None = None,
-        distinct_id: str | None = None,
-        session_id: str | None = None,
-        privacy_mode: bool | None = None,
-        capture_input: bool | None = None,
-        capture_output: bool | None = None,
-        groups: dict[str, Any] | None = None,
-        common: dict[str, Any] | None = None,
-        detached: bool = False,
-    ) -> None:
-        self.config = config
-        self.trace_id = trace_id or _ids.uuid7()
-        self.distinct_id = distinct_id or config.default_distinct_id or self.trace_id
-        # PostHog's own SDKs: without a known user, the trace id stands in and no person
-        # profile is made, rather than one fake person that merges everyone.
-        self.anonymous = not (distinct_id or config.default_distinct_id)
-        self.session_id = session_id
-        self.privacy_mode = config.privacy_mode if privacy_mode is None else privacy_mode
-        # Privacy mode means inputs and outputs are never even captured.
-        capture_input = config.capture_input if capture_input is None else capture_input
-        capture_output = config.capture_output if capture_output is None else capture_output
-        self.record_input = capture_input and not self.privacy_mode
-        self.record_output = capture_output and not self.privacy_mode
-        self.redact = config.redact_keys
-        self.groups = groups
-        self.common = common
-        self._items: list[Span | RawEvent] = []
-        self._taken: list[Span | RawEvent] = []
-        self._header: dict[str, Any] | None = None
-        self._started: list[Span] = []
-        """Spans started, some maybe ended: what a hand-off looks through for running ones."""
-        self._announced = 0
-        """How many of ``_started`` were running when last announced (0: not announced yet)."""
-        self._closed = False
-        self._lock = allocate_lock()
-        # One wall-clock reading per trace; spans take their wall time from perf_counter.
-        self._wall0 = _wall() - _perf()
-        self.request_id: str | None = None
-        """The Lambda request this trace belongs to, when a traced handler started it."""
-        self.deadline_ms = 0
-        """When that request times out (Unix ms)."""
-        # A sink that streams gets finished spans while the handler runs, so that a timeout
-        # or a crash later in the invocation cannot take them with it.
-        from ._sinks import streams
-
-        if not detached and streams():
-            from ._handoff import watch
-
-            self._handoff_at = HANDOFF_AT
-            self._due = self._announce_at = _perf() + HANDOFF_INTERVAL_S
-            watch(self)
-        else:
-            self._handoff_at = 1 << 62
-            self._due = self._announce_at = float("inf")
-
-    def header(self) -> dict[str, Any]:
-        """What every event of this trace shares (``_events``' header keys), made once."""
-        header = self._header
-        if header is None:
-            header = self._header = {
-                TRACE_ID: self.trace_id,
-                DISTINCT_ID: self.distinct_id,
-                ANONYMOUS: self.anonymous,
-                SESSION_ID: self.session_id,
-                GROUPS: self.groups,
-                PRIVACY: self.privacy_mode,
-                COMMON: self.common,
-                MAX_EVENT_BYTES: self.config.max_event_bytes,
-            }
-        return header
-
-    def wall_at(self, perf: float) -> float:
-        """The wall-clock time (Unix seconds) of a perf_counter() reading."""
-        return self._wall0 + perf
-
-    def capture(self, value: Any) -> Any:
-        return to_jsonable(value, self.redact)
-
-    def add(self, item: Span | RawEvent) -> None:
-        # No lock on this path: under the GIL an append is atomic, and close() takes an
-        # atomic snapshot. Only an add that sees the trace closed after appending has to find
-        # out, under the lock, whether the snapshot got its item (settle).
-        if not self._closed:
-            self._items.append(item)
-            if not self._closed:
-                return
-        self.settle(item)
-
-    def settle(self, item: Span | RawEvent) -> None:
-        """``item`` was added while or after the trace closed: make sure it is sent once."""
-        with self._lock:
-            if any(taken is item for taken in self._taken):
-                return
-        # Ended after its trace was handed over (a thread that outlived the handler): send
-        # it on its own rather than lose it.
-        from ._sinks import deliver
-
-        logger.debug("%s ended after its trace %s was flushed; sending it alone", item.kind, self.trace_id)
-        deliver([item.to_event()])
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def due(self, now: float) -> bool:
-        """Whether the ticker should hand over now: finished spans or an announcement wait."""
-        if now < self._due:
-            return False
-        # Finished spans to hand over, or (in a handler's trace) spans started since the last
-        # announcement, or the invocation itself not announced yet.
-        return bool(self._items) or (self.request_id is not None and len(self._started) != self._announced)
-
-    def hand_off(self) -> None:
-        """Send what has finished so far, without closing the trace; in a handler's trace,
-        also announce the invocation and the spans still running (once each)."""
-        with self._lock:
-            if self._closed:
-                return
-            count = len(self._items)
-            batch = self._items[:count]
-            # Atomic under the GIL: spans appended meanwhile stay for the next hand-off.
-            del self._items[:count]
-            now = _perf()
-            self._due = now + HANDOFF_INTERVAL_S
-            running = None
-            if self.request_id is None:
-                del self._started[:]  # only a handler's invocation is announced
-            elif now >= self._announce_at:
-                running = self._running()
-        from ._sinks import deliver_trace
-
-        deliver_trace(self, batch, running=running)
-
-    def _running(self) -> Running:
-        """What the extension needs to report this invocation as failed if it never ends: the
-        ``$ai_trace`` as it would be sent (first time only) and each span running now, not
-        yet announced, as its event would be; the extension fills in the error and latency."""
-        count = len(self._started)
-        started = self._started[:count]
-        del self._started[:count]
-        running = [span for span in started if span._latency is None]
-        self._started.extend(running)  # ended spans need no more looking at
-        trace_event = None
-        opened: list[Event] = []
-        for span in running:
-            if span._announced:
-                continue
-            span._announced = True
-            span.span_id  # noqa: B018  # made now: its event, when it ends, must carry the same id
-            event = span.to_event()
-            if span._owns_trace:
-                trace_event = event
-            else:
-                opened.append(event)
-        first = not self._announced
-        self._announced = len(running) or -1
-        return Running(self.request_id or "", self.trace_id, self.deadline_ms, first, trace_event, opened)
-
-    def close(self) -> list[Span | RawEvent]:
-        with self._lock:
-            self._closed = True
-            self._taken = list(self._items)
-            self._items = []
-            self._started = []
-        if self._due != float("inf"):
-            from ._handoff import unwatch
-
-            unwatch(self)
-        return self._taken
-
-
-class Running:
-    """A running invocation's announcement (see ``Trace.hand_off``)."""
-
-    __slots__ = ("deadline_ms", "first", "opened", "request_id", "trace_event", "trace_id")
-
-    def __init__(
-        self,
-        request_id: str,
-        trace_id: str,
-        deadline_ms: int,
-        first: bool,
-        trace_event: Event | None,
-        opened: list[Event],
-    ) -> None:
-        self.request_id = request_id
-        self.trace_id = trace_id
-        self.deadline_ms = deadline_ms
-        self.first = first
-        self.trace_event = trace_event
-        self.opened = opened
-
-
-class RawEvent:
-    """An event that is not a span (feedback, metric, exception) waiting in a trace's buffer."""
-
-    __slots__ = ("kind", "properties", "trace", "wall")
-
-    def __init__(self, kind: str, trace: Trace, properties: dict[str, Any]) -> None:
-        self.kind = kind
-        self.trace = trace
-        self.properties = properties
-        self.wall = _wall()
-
-    def to_event(self) -> Event:
-        return make_event(self.kind, self.trace.header(), self.properties, None, self.wall)
 
 
 class Span:
@@ -342,8 +68,6 @@ class Span:
     _error: str | None = None
     _owns_trace: bool = False
     _copies: list[Span] | None = None
-    _announced: bool = False
-    """Told to the extension as running (see ``Trace.hand_off``)."""
 
     def __init__(
         self,
@@ -378,7 +102,7 @@ class Span:
             trace = self._trace
             if trace is None:  # a handler's root span comes with its trace
                 parent = current.get()
-                if parent is not None and not parent._trace._closed:
+                if parent is not None and not parent._trace.batch.closed:
                     # Joining a running trace: whether to trace was decided when it began.
                     trace = self._trace = parent._trace
                     self.parent_id = parent._id or parent.span_id
@@ -390,7 +114,7 @@ class Span:
                     self._owns_trace = True
                     self.parent_id = trace.trace_id
             self._start = _perf()
-            trace._started.append(self)
+            trace.batch.on_start(self)
             value = self._input
             if value is not MISSING:
                 if not trace.record_input:
@@ -429,22 +153,7 @@ class Span:
             self._latency = now - start
             if exc is not None and not isinstance(exc, GeneratorExit):
                 self._record_error(exc)
-            trace = self._trace
-            # Trace.add's lock-free path, written out: this runs once per span.
-            if not trace._closed:
-                items = trace._items
-                items.append(self)
-                if not trace._closed:
-                    if self._owns_trace:
-                        from ._sinks import deliver_trace
-
-                        request = trace.request_id
-                        ended = (request, trace.trace_id) if request else None
-                        deliver_trace(trace, trace.close(), ended)
-                    elif len(items) >= trace._handoff_at or now >= trace._due:
-                        trace.hand_off()
-                    return
-            trace.settle(self)
+            self._trace.batch.on_end(self, now)
         except Exception:
             logger.exception("ending span %r failed", self.name)
 
@@ -479,8 +188,6 @@ class Span:
     def __call__(self, func: F) -> F:
         """Decorate a function (sync, async, generator, async generator): each call is a span
         whose input is the call's arguments and whose output is its result."""
-        from ._decorate import arguments, instrument
-
         if not callable(func):
             raise TypeError(f"{type(self).__name__.lower()}(...) decorates a function, not {type(func).__name__}")
         label = self._label or str(getattr(func, "__qualname__", None) or getattr(func, "__name__", self.name))
@@ -515,10 +222,6 @@ class Span:
             span_id = self._id = _ids.uuid4()
         return span_id
 
-    @property
-    def trace(self) -> Trace:
-        return self._trace
-
     def is_recording(self) -> bool:
         """True from start to end; a span that never started (tracing disabled) or a no-op
         span never records."""
@@ -552,7 +255,7 @@ class Span:
             if input is not MISSING and trace.record_input:
                 self._input = to_jsonable(input, trace.redact)
             if properties:
-                converted = trace.capture(dict(properties))
+                converted = trace.snapshot(dict(properties))
                 if self._properties is None:
                     self._properties = converted
                 else:
@@ -564,49 +267,52 @@ class Span:
         except Exception:
             logger.exception("span update failed; the span keeps what it had")
 
-    def set_input(self, value: Any) -> None:
-        """Record the input of a running span (same as ``update(input=...)``)."""
-        self.update(input=value)
+    # -- what the batch hands over -----------------------------------------------------------
 
-    def set_output(self, value: Any) -> None:
-        """Record the output of a running span (same as ``update(output=...)``)."""
-        self.update(output=value)
-
-    # -- turning into an event -------------------------------------------------------------
-
-    def record(self) -> list[Any]:
-        """The finished span as a compact record (``_records``): what leaves the handler."""
+    def _record(self) -> tuple[Any, ...]:
+        """The finished span as a compact record (``posthog_lambda_contract.records``)."""
         start = self._start or 0.0
         latency = self._latency or 0.0
-        # Positions as _records defines them; written out, as this runs once per span.
+        return self._build(int(self._trace.wall_at(start + latency) * 1e6), int(latency * 1e9))
+
+    def _running_record(self) -> tuple[Any, ...]:
+        """The running span's record, for an announcement: ended when it started, latency
+        ``RUNNING``, and its id (made now: its record, when it ends, carries the same)."""
+        self.span_id  # noqa: B018
+        return self._build(int(self._trace.wall_at(self._start or 0.0) * 1e6), RUNNING)
+
+    def _build(self, end_us: int, latency_ns: int) -> tuple[Any, ...]:
+        # Positions as the contract's records define them; written out, as this runs once per span.
         record: list[Any] = [
             self.kind,
             self.name,
             self.parent_id,
-            int(self._trace.wall_at(start + latency) * 1e6),
-            int(latency * 1e9),
+            end_us,
+            latency_ns,
             self._id,
             self._error,
             self._properties,
-            None,
+            self._library_fields(),
             0,
         ]
         value = self._input
         if value is not MISSING:
             record[MASK] = HAS_INPUT
             record.append(value)
-        value = self._output
+        value = self._output_value()
         if value is not MISSING:
             if len(record) == INPUT:
                 record.append(None)
             record[MASK] |= HAS_OUTPUT
             record.append(value)
-        return record
+        return tuple(record)
 
-    def to_event(self) -> Event:
-        from posthog_lambda_contract.records import expand
+    def _library_fields(self) -> dict[str, Any] | None:
+        """``$ai_*`` fields the library sets beyond the common ones."""
+        return None
 
-        return expand(self._trace.header(), self.record())
+    def _output_value(self) -> Any:
+        return self._output
 
 
 def describe_error(error: BaseException | str) -> str:
@@ -670,7 +376,7 @@ class Generation(Span):
         self._first_token: float | None = None
         self._chunks: list[str] | None = None
 
-    def describe(self, model: str | None, provider: str | None, base_url: str | None) -> Self:
+    def _describe(self, model: str | None, provider: str | None, base_url: str | None) -> Self:
         """Set what generation() was told about the call: plain text, so it is set now rather
         than through update() when the generation starts."""
         known = {}
@@ -774,12 +480,12 @@ class Generation(Span):
             if model_parameters is not None:
                 self._set_model_parameters(model_parameters)
             if tools is not None:
-                self._set("$ai_tools", self._trace.capture(tools))
+                self._set("$ai_tools", self._trace.snapshot(tools))
         except Exception:
             logger.exception("generation update failed; the generation keeps what it had")
 
     def _set_model_parameters(self, params: Mapping[str, Any]) -> None:
-        converted = self._trace.capture(dict(params))
+        converted = self._trace.snapshot(dict(params))
         self._set("$ai_model_parameters", converted)
         self._set("$ai_temperature", converted.get("temperature"))
         for key in _MAX_TOKEN_KEYS:
@@ -789,19 +495,18 @@ class Generation(Span):
         if "stream" in converted and (self._fields is None or "$ai_stream" not in self._fields):
             self._set("$ai_stream", bool(converted["stream"]))
 
-    def record(self) -> list[Any]:
-        record = super().record()
-        if not record[MASK] & HAS_OUTPUT and self._chunks:
-            if len(record) == INPUT:
-                record.append(None)
-            record[MASK] |= HAS_OUTPUT
-            record.append("".join(self._chunks))
-        if self._first_token is not None or self._fields:
-            fields = dict(self._fields) if self._fields else {}
-            if self._first_token is not None:
-                fields["$ai_time_to_first_token"] = self._first_token
-            record[FIELDS] = fields
-        return record
+    def _output_value(self) -> Any:
+        if self._output is MISSING and self._chunks:
+            return "".join(self._chunks)
+        return self._output
+
+    def _library_fields(self) -> dict[str, Any] | None:
+        if self._first_token is None and not self._fields:
+            return None
+        fields = dict(self._fields) if self._fields else {}
+        if self._first_token is not None:
+            fields["$ai_time_to_first_token"] = self._first_token
+        return fields
 
 
 class Embedding(Generation):
@@ -831,10 +536,8 @@ class TraceSpan(Span):
         from ._exceptions import exception_properties
 
         super()._record_error(error)
-        self._trace.add(RawEvent("$exception", self._trace, exception_properties(error, self._trace)))
+        trace = self._trace
+        trace.batch.add(trace.event("$exception", exception_properties(error, trace.trace_id)))
 
-    def record(self) -> list[Any]:
-        record = super().record()
-        if self.lambda_properties:
-            record[FIELDS] = self.lambda_properties
-        return record
+    def _library_fields(self) -> dict[str, Any] | None:
+        return self.lambda_properties or None

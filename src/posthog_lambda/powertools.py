@@ -24,8 +24,8 @@ import logging
 from _collections_abc import Mapping  # collections.abc's, without its import cost
 
 from ._context import current
+from ._drops import record_drop
 from ._log import logger as _library_logger
-from ._log import record_drop
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -13,10 +13,27 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from ._sinks import MemorySink, pop_override, push_override
+from ._config import reset_config
+from ._destination import pop_override, push_override
+from ._destination import reset as reset_destination
+from ._drops import reset_drops
+from ._lambda import set_cold_start
+from ._sinks import MemorySink
 from ._types import Event
 
-__all__ = ["capture_events", "trace_tree_problems"]
+__all__ = ["capture_events", "reset", "trace_tree_problems"]
+
+
+def reset(*, cold_start: bool = True) -> None:
+    """Put posthog_lambda back as a new process finds it, between tests: ``configure()``
+    forgotten and the environment read again on next use, the destination (the extension's
+    socket, posthog-python's client) closed and chosen again, drop counts cleared, and the next
+    traced invocation a cold start (``cold_start=False``: a warm one). Spans still running keep
+    what they had."""
+    reset_config()
+    reset_destination()
+    reset_drops()
+    set_cold_start(cold_start)
 
 
 @contextmanager

@@ -88,10 +88,14 @@ def make_event(
     library: dict[str, Any],
     user: dict[str, Any] | None,
     wall: float,
+    *,
+    uuid: str | None = None,
+    timestamp: str | None = None,
 ) -> Event:
     """The event: the trace's shared properties, then ``user``'s, then ``library``'s (a fresh
     dict made for this event, so it can be the result itself); its session, groups, person
-    profile and privacy mode; a UUIDv7 and the timestamp of ``wall`` (Unix seconds)."""
+    profile and privacy mode; a UUIDv7 and the timestamp of ``wall`` (Unix seconds), unless
+    the caller of a posthog-python wrapper chose its own ``uuid`` or ``timestamp``."""
     common = header.get(COMMON)
     if user:
         props = {**common, **user, **library} if common else {**user, **library}
@@ -114,6 +118,6 @@ def make_event(
         "event": kind,
         "distinct_id": header[DISTINCT_ID],
         "properties": props,
-        "uuid": ids.uuid7(int(wall * 1000)),
-        "timestamp": iso(wall),
+        "uuid": uuid or ids.uuid7(int(wall * 1000)),
+        "timestamp": timestamp or iso(wall),
     }

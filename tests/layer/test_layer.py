@@ -37,7 +37,16 @@ def test_layout() -> None:
     assert (LAYER / "python" / "posthog_lambda" / "__init__.py").is_file()
     private = LAYER / "posthog-lambda-extension"
     assert (private / "posthog_lambda_extension" / "__main__.py").is_file()
-    assert (private / "posthog_lambda" / "_frames.py").is_file()  # its own copy: no shared path
+    # Its own copy of the contract (no shared path), and nothing of the library: an allow-list.
+    assert (private / "posthog_lambda_contract" / "frames.py").is_file()
+    assert not (private / "posthog_lambda").exists()
+    assert sorted(p.name for p in private.iterdir() if p.name.startswith("posthog")) == [
+        "posthog_lambda_contract",
+        "posthog_lambda_extension",
+    ]
+    # The function's side: the library and the contract it imports.
+    assert (LAYER / "python" / "posthog_lambda_contract" / "frames.py").is_file()
+    assert sorted(p.name for p in (LAYER / "python").iterdir()) == ["posthog_lambda", "posthog_lambda_contract"]
     assert not (LAYER / "python" / "posthog_lambda" / "local").exists()  # dev tooling stays out
 
 

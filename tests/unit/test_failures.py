@@ -9,6 +9,7 @@ import pytest
 from posthog_lambda import (
     _handler,
     _jsonable,
+    _processor,
     _spans,
     configure,
     dropped_counts,
@@ -45,11 +46,11 @@ def _handler_with_spans() -> Any:
     ("target", "attribute"),
     [
         (_handler, "lambda_properties"),  # starting the trace
-        (_spans.Trace, "close"),  # ending the trace
+        (_processor.Batch, "close"),  # ending the trace
         (_records, "expand"),  # building events
         (_handler, "take_cold_start"),
         (_handler, "_handler_arguments"),
-        (_spans.Span, "record"),
+        (_spans.Span, "_record"),
     ],
 )
 def test_library_failure_never_reaches_the_handler(

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from posthog_lambda import _lambda, configure, current_span, posthog_traced, span
+from posthog_lambda import configure, current_span, posthog_traced, span
+from posthog_lambda.testing import reset
 from tests.helpers import LambdaContext, by_kind, one
 
 API_GATEWAY_EVENT = {
@@ -67,7 +68,7 @@ def test_default_name_is_the_qualified_name(events: list[Any]) -> None:
 
 
 def test_cold_start_only_on_first_invocation(events: list[Any], context: LambdaContext) -> None:
-    _lambda._cold = True
+    reset()  # a new process: its first invocation is the cold start
 
     @posthog_traced
     def handler(event: Any, context: Any) -> None:
@@ -81,7 +82,7 @@ def test_cold_start_only_on_first_invocation(events: list[Any], context: LambdaC
 def test_provisioned_concurrency_is_never_a_cold_start(
     events: list[Any], context: LambdaContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _lambda._cold = True
+    reset()  # a new process: its first invocation is the cold start
     monkeypatch.setenv("AWS_LAMBDA_INITIALIZATION_TYPE", "provisioned-concurrency")
 
     @posthog_traced

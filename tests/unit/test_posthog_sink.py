@@ -81,8 +81,8 @@ def test_api_key_selects_the_posthog_sink_which_is_reused(
     records = library_logs.records
     warnings = [r for r in records if r.levelname == "WARNING" and "no posthog-lambda extension" in r.message]
     assert len(warnings) == 1
-    from posthog_lambda._sinks import current_sink
+    from posthog_lambda._destination import exporter
 
-    sink = current_sink()
-    assert isinstance(sink, PostHogSink)
-    assert KEY not in repr(sink)
+    chosen = exporter()
+    assert isinstance(getattr(chosen, "sink", None), PostHogSink)
+    assert KEY not in repr(chosen)

@@ -8,21 +8,23 @@ from typing import Any
 
 import pytest
 
-from posthog_lambda import configure, embedding, generation, posthog_traced, span
+from posthog_lambda import _destination, embedding, generation, posthog_traced, span
+from posthog_lambda._sink_exporter import SinkExporter
+from posthog_lambda._sinks import MemorySink
 from posthog_lambda_contract import records as _records
 from tests.helpers import LambdaContext
 
 
 class Keep:
-    """A sink that keeps the trace's items themselves, to compare both ways of making events."""
+    """An exporter that keeps what it is handed, to compare the two places events are made: the
+    extension (after the socket's JSON) and a sink in the handler's process."""
+
+    streams = False
 
     def __init__(self) -> None:
         self.items: list[tuple[dict[str, Any], list[Any]]] = []
 
-    def send(self, events: Any) -> None:
-        raise AssertionError("send_trace is the path under test")
-
-    def send_trace(self, header: dict[str, Any], items: list[Any], ended: Any, running: Any) -> None:
+    def export(self, header: dict[str, Any], items: list[Any], ended: Any = None, running: Any = None) -> None:
         self.items.append((header, list(items)))
 
 
@@ -34,9 +36,9 @@ def comparable(event: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("privacy", [False, True])
-def test_records_expand_to_the_events_a_span_makes(privacy: bool) -> None:
+def test_records_expand_to_the_events_a_span_makes(privacy: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     keep = Keep()
-    configure(sink=keep)
+    monkeypatch.setattr(_destination, "exporter", lambda: keep)
 
     @posthog_traced(
         name="agent",
@@ -68,9 +70,11 @@ def test_records_expand_to_the_events_a_span_makes(privacy: bool) -> None:
 
     assert handler({"q": "capital?", "authorization": "secret"}, LambdaContext("r-1"))["answer"] == "Paris"
     ((header, items),) = keep.items
-    wire = json.loads(json.dumps({"trace": header, "spans": [item.record() for item in items]}))
+    wire = json.loads(json.dumps({"trace": header, "spans": [item for item in items if type(item) is tuple]}))
     expanded = [_records.expand(wire["trace"], record) for record in wire["spans"]]
-    direct = [item.to_event() for item in items]
+    memory = MemorySink()
+    SinkExporter(memory).export(header, [item for item in items if type(item) is tuple])
+    direct = memory.events
     assert [comparable(e) for e in expanded] == [comparable(json.loads(json.dumps(e))) for e in direct]
     by_name = {e["properties"]["$ai_span_name"]: e for e in expanded}
     # Ids: the generation's is its span id; a parent's id, made for its child, travels.

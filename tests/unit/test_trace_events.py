@@ -59,28 +59,25 @@ def test_feedback_without_a_trace_id_is_refused_counted_not_raised(events: list[
     assert dropped_counts()["invalid_trace_id"] - before == 2
 
 
-def test_feedback_inside_a_streaming_handler_leaves_nothing_watched() -> None:
-    # With the extension's socket sink, every trace is watched by the hand-off ticker until it
-    # closes; the trace describing a feedback event waits in the handler's and must not be.
-    from posthog_lambda import _handoff, _sinks
+def test_feedback_inside_a_streaming_handler_leaves_nothing_watched(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With the extension's socket exporter, every trace is watched by the hand-off ticker until
+    # it closes; the trace describing a feedback event waits in the handler's and must not be.
+    from posthog_lambda import _destination, _processor
 
     class Streaming:
         streams = True
 
-        def send(self, events: Any) -> None:
+        def export(self, header: Any, items: Any, ended: Any = None, running: Any = None) -> None:
             pass
 
-    sink = Streaming()
-    _sinks.push_override(sink)
-    try:
+    monkeypatch.setattr(_destination, "exporter", Streaming)
 
-        @posthog_traced
-        def handler(event: Any, context: Any) -> str:
-            for n in range(3):
-                capture_feedback(f"trace-{n}", "bad")
-            return "ok"
+    @posthog_traced
+    def handler(event: Any, context: Any) -> str:
+        for n in range(3):
+            capture_feedback(f"trace-{n}", "bad")
+        return "ok"
 
-        assert handler({}, LambdaContext("r1")) == "ok"
-        assert _handoff._watched == set()
-    finally:
-        _sinks.pop_override(sink)
+    assert handler({}, LambdaContext("r1")) == "ok"
+    capture_feedback("trace-outside", "bad")  # outside any handler too
+    assert _processor._watched == set()

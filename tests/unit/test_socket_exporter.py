@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from posthog_lambda import generation, posthog_traced, span
-from posthog_lambda._sinks import current_sink
-from posthog_lambda._socket_sink import SocketSink
-from posthog_lambda._spans import HANDOFF_AT
+from posthog_lambda._destination import exporter
+from posthog_lambda._processor import HANDOFF_AT
+from posthog_lambda._socket_exporter import SocketExporter
 from posthog_lambda_contract import frames as _frames
 from posthog_lambda_contract import records as _records
 from tests.helpers import LambdaContext
@@ -107,8 +107,8 @@ def spooled(spool: Path) -> list[tuple[int, dict[str, Any]]]:
     return frames
 
 
-def test_the_socket_sink_is_chosen_when_the_extension_socket_exists(listener: Listener) -> None:
-    assert isinstance(current_sink(), SocketSink)
+def test_the_socket_exporter_is_chosen_when_the_extension_socket_exists(listener: Listener) -> None:
+    assert isinstance(exporter(), SocketExporter)
 
 
 def test_events_then_end_and_spans_handed_over_while_the_handler_runs(listener: Listener) -> None:
@@ -161,18 +161,21 @@ def test_a_long_invocation_is_announced_with_its_trace_and_running_spans(listene
     start = announced[0]
     assert start["request_id"] == "req-5"
     assert start["deadline_ms"] > time.time() * 1000  # the context says 3 s remain
-    trace = start["trace"]
+    # Records, as every span travels; running ones marked so, and ended when they started.
+    assert {record[_records.LATENCY_NS] for record in [start["root"], *start["open"]]} == {_records.RUNNING}
+    trace = _records.expand(start["trace"], start["root"])
     assert trace["event"] == "$ai_trace"
     assert trace["properties"]["$ai_span_name"] == "agent"
     assert trace["properties"]["$ai_trace_id"] == start["trace_id"]
     assert trace["properties"]["lambda_request_id"] == "req-5"
     # The spans running at that moment, parent first; the finished one came as an event.
-    assert [e["properties"]["$ai_span_name"] for e in start["open"]] == ["outer", "model-call"]
-    outer, model_call = start["open"]
+    running = [_records.expand(start["trace"], record) for record in start["open"]]
+    assert [e["properties"]["$ai_span_name"] for e in running] == ["outer", "model-call"]
+    outer, model_call = running
     assert model_call["properties"]["$ai_parent_id"] == outer["properties"]["$ai_span_id"]
     assert model_call["properties"]["$ai_input_state"] == "q"
     opened = [p for k, p in listener.frames if k == _frames.OPEN]
-    assert [e["event"] for p in opened for e in p["open"]] == ["$ai_generation"]
+    assert [r[_records.KIND] for p in opened for r in p["open"]] == ["$ai_generation"]
     # Each span announced once; when they end they come as ordinary events, same ids.
     events = {e["properties"].get("$ai_span_name"): e for e in listener.events()}
     assert events["model-call"]["properties"]["$ai_span_id"] == model_call["properties"]["$ai_span_id"]

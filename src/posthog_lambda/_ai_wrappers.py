@@ -37,14 +37,14 @@ from _thread import allocate_lock
 from contextvars import ContextVar
 
 from posthog_lambda_contract import ids as _ids
-from posthog_lambda_contract.events import iso
+from posthog_lambda_contract.events import ANONYMOUS, DISTINCT_ID, GROUPS, make_event
 
 from . import _config
 from ._context import current
+from ._drops import record_drop
 from ._jsonable import to_jsonable
-from ._log import logger, record_drop
-from ._sinks import deliver
-from ._spans import RawEvent
+from ._log import logger
+from ._processor import export_events
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -52,8 +52,8 @@ if TYPE_CHECKING:
     from types import FrameType
     from typing import Any
 
-    from ._spans import Span, Trace
-    from ._types import Event
+    from ._spans import Span
+    from ._trace import Trace
 
 __all__ = ["PostHogClient", "posthog_client"]
 
@@ -81,8 +81,8 @@ class PostHogClient:
         """The running trace's privacy mode, or the configured one outside a trace. The
         wrappers read it when they build an event, so it follows the handler's setting."""
         running = current.get()
-        if running is not None and not running.trace.closed:
-            return running.trace.privacy_mode
+        if running is not None and not running._trace.closed:
+            return running._trace.privacy_mode
         return (_config.current or _config.get_config()).privacy_mode
 
     def capture(
@@ -151,19 +151,6 @@ def posthog_client() -> Any:
 # -- one event ------------------------------------------------------------------------------
 
 
-class _Captured(RawEvent):
-    """A wrapper's event, already built, waiting in a trace's buffer for the hand-off."""
-
-    __slots__ = ("event",)
-
-    def __init__(self, trace: Trace, event: Event) -> None:
-        super().__init__(event["event"], trace, event["properties"])
-        self.event = event
-
-    def to_event(self) -> Event:
-        return self.event
-
-
 def _capture(
     event: Any,
     distinct_id: Any,
@@ -193,7 +180,7 @@ def _capture(
     no_user = user is None or raw.get("$process_person_profile") is False
 
     running = current.get()
-    host = None if running is None or running.trace.closed else running.trace
+    host = None if running is None or running._trace.closed else running._trace
     if running is not None and host is not None:
         props = to_jsonable(raw, host.redact)
         event = _join(event, props, running, host, caller)
@@ -226,25 +213,16 @@ def _capture(
     if no_user:
         # Whether the event's user gets a person profile is ours to say now, not the stand-in's.
         props.pop("$process_person_profile", None)
-        if anonymous:
-            props["$process_person_profile"] = False
-    if all_groups:
-        props["$groups"] = all_groups
     if event == "$ai_generation" and stream is not None:
         _add_first_token(props, stream, now)
 
-    wall = time.time()
-    built: Event = {
-        "event": event,
-        "distinct_id": who,
-        "properties": props,
-        "uuid": _uuid(event_uuid) or _ids.uuid7(int(wall * 1000)),
-        "timestamp": _timestamp(timestamp) or iso(wall),
-    }
+    header = {DISTINCT_ID: who, ANONYMOUS: anonymous, GROUPS: all_groups}
+    uuid, stamp = _uuid(event_uuid), _timestamp(timestamp)
+    built = make_event(event, header, props, None, time.time(), uuid=uuid, timestamp=stamp)
     if host is not None:
-        host.add(_Captured(host, built))
+        host.batch.add(built)
     else:
-        deliver([built])
+        export_events([built])
     return built["uuid"]
 
 

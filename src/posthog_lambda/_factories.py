@@ -1,4 +1,4 @@
-"""``span()``, ``generation()``, ``embedding()`` and ``current_span()``.
+"""The factories ``span()``, ``generation()``, ``embedding()``, and ``current_span()``.
 
 Each factory returns a span that starts when entered (``with``/``async with``) or, used as a
 decorator, a wrapper that records a span per call. Outside any trace (no traced handler is
@@ -9,68 +9,20 @@ sink when it ends.
 from __future__ import annotations
 
 from ._context import current
-from ._spans import MISSING, Embedding, Generation, Span
+from ._missing import MISSING
+from ._noop import NOOP, NoOpSpan
+from ._spans import Embedding, Generation, Span
 from ._wraps import overload
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-    from types import TracebackType
     from typing import Any, TypeVar
 
     F = TypeVar("F", bound=Callable[..., Any])
 
 
-class NoOpSpan(Embedding):
-    """Stands in when nothing is being recorded; every method does nothing."""
-
-    __slots__ = ()
-    default_name = ""
-
-    def __repr__(self) -> str:
-        return "<NoOpSpan>"
-
-    @property
-    def span_id(self) -> str:
-        return ""
-
-    def is_recording(self) -> bool:
-        return False
-
-    def update(self, *_: Any, **__: Any) -> None:
-        pass
-
-    def chunk(self, delta: Any = None) -> None:
-        pass
-
-    def set_input(self, value: Any) -> None:
-        pass
-
-    def set_output(self, value: Any) -> None:
-        pass
-
-    def end(self, error: BaseException | None = None) -> None:
-        pass
-
-    def __enter__(self) -> NoOpSpan:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        pass
-
-    def __call__(self, func: F) -> F:
-        return func
-
-
-NOOP = NoOpSpan()
-
-
-def current_span() -> Span:
+def current_span() -> Span | NoOpSpan:
     """The span running now in this thread or task; a no-op span (never None) outside any."""
     span = current.get()
     return NOOP if span is None else span
@@ -150,7 +102,7 @@ def generation(
     ``g.update(output=..., input_tokens=..., ...)`` when the response is in."""
     if name is None or type(name) is str:
         fields = _given(model_parameters=model_parameters, tools=tools, properties=properties)
-        return Generation(name, input, fields, capture_input).describe(model, provider, base_url)
+        return Generation(name, input, fields, capture_input)._describe(model, provider, base_url)
     return _bare(Generation, name)
 
 
@@ -179,5 +131,5 @@ def embedding(
     """A ``$ai_embedding``; ``input`` is the text or list of texts embedded."""
     if name is None or type(name) is str:
         fields = {"properties": properties} if properties else None
-        return Embedding(name, input, fields, capture_input).describe(model, provider, None)
+        return Embedding(name, input, fields, capture_input)._describe(model, provider, None)
     return _bare(Embedding, name)

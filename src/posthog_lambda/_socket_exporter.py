@@ -14,25 +14,28 @@ import time
 from _thread import allocate_lock
 
 from posthog_lambda_contract import frames as _frames
+from posthog_lambda_contract import limits
+from posthog_lambda_contract import records as _records
+from posthog_lambda_contract.events import MAX_EVENT_BYTES
 from posthog_lambda_contract.limits import BATCH_EVENT_LIMIT
 
-from ._log import logger, record_drop
-from ._wire import encode, fitted
+from . import _config
+from ._drops import record_drop
+from ._log import logger
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
-    from ._spans import Item, Running
+    from ._export import Announcement, Ended, Item, Record
     from ._types import Event
 
 WRITE_BUDGET_S = 0.05
 """The most one frame may wait on the socket before it goes to the spool instead."""
 
 
-class SocketSink:
-    fits_events = True  # encode() applies the size limits as it serializes
+class SocketExporter:
     streams = True  # cheap enough to take finished spans while the handler runs
 
     def __init__(self, path: str, spool_dir: str) -> None:
@@ -43,39 +46,36 @@ class SocketSink:
         self._spool_file = os.path.join(spool_dir, f"{os.getpid()}-{time.time_ns()}{_frames.SPOOL_SUFFIX}")
 
     def __repr__(self) -> str:
-        return f"SocketSink({self.path!r})"
+        return f"SocketExporter({self.path!r})"
 
-    def send(self, events: Sequence[Event]) -> None:
-        self._write(self._events_frames(events), len(events))
-
-    def send_trace(
+    def export(
         self,
-        header: dict[str, Any],
+        header: dict[str, Any] | None,
         items: Sequence[Item],
-        ended: tuple[str, str] | None,
-        running: Running | None,
+        ended: Ended | None = None,
+        running: Announcement | None = None,
     ) -> None:
         """A trace's finished spans (as records, with its header) and events, in one write with
         its invocation's END (``ended``) or START/OPEN (``running``)."""
-        head = self._running_frame(running) if running is not None else b""
+        head = self._running_frame(header or {}, running) if running is not None else b""
         tail = b""
         if ended is not None:
-            tail = _frames.encode(_frames.END, {"request_id": ended[0], "trace_id": ended[1]})
-        self._write(head + self._items_frames(header, items) + tail, len(items))
+            tail = _frames.encode(_frames.END, {"request_id": ended.request_id, "trace_id": ended.trace_id})
+        body = self._items_frames(header, items) if header is not None else self._events_frames(items, None)  # type: ignore[arg-type]
+        self._write(head + body + tail, len(items))
 
-    def _running_frame(self, running: Running) -> bytes:
-        """START (first time) or OPEN: the ``$ai_trace`` and running spans as they would be
-        sent, cut to their size limits."""
+    def _running_frame(self, header: dict[str, Any], running: Announcement) -> bytes:
+        """START (first time) or OPEN: the records of the ``$ai_trace`` and the running spans."""
         payload: dict[str, Any] = {"request_id": running.request_id, "trace_id": running.trace_id}
-        opened = [fitted(event) for event in running.opened]
         if running.first:
             payload["deadline_ms"] = running.deadline_ms
-            if running.trace_event is not None:
-                payload["trace"] = fitted(running.trace_event)
-            payload["open"] = opened
+            payload["trace"] = header
+            if running.root is not None:
+                payload["root"] = running.root
+            payload["open"] = running.opened
             return _frames.encode(_frames.START, payload)
-        if opened:
-            payload["open"] = opened
+        if running.opened:
+            payload["open"] = running.opened
             return _frames.encode(_frames.OPEN, payload)
         return b""
 
@@ -84,38 +84,41 @@ class SocketSink:
             return b""
         # Usually one small frame: spans as records, the rare other events whole. Within the
         # smallest per-event limit, nothing in it needs cutting: the other events are whole in
-        # it, and records stand for $ai_* events, whose limit is far larger than that.
+        # it, and the extension fits each record's event to the header's limit.
+        max_event_bytes: int = header[MAX_EVENT_BYTES]
+        records: list[Record] = []
+        events: list[Event] = []
+        for item in items:
+            if type(item) is dict:
+                events.append(limits.fitted(item, limits.limit_for(item["event"], max_event_bytes)))
+            else:
+                records.append(item)  # type: ignore[arg-type]
         try:
-            records = []
-            events = []
-            for item in items:
-                record = getattr(item, "record", None)
-                if record is not None:
-                    records.append(record())
-                else:
-                    events.append(item.to_event())
             frame = _frames.encode(_frames.EVENTS, {"events": events, "trace": header, "spans": records})
             if len(frame) <= BATCH_EVENT_LIMIT:
                 return frame
         except (TypeError, ValueError, _frames.FrameError):
             pass
-        return self._events_frames([item.to_event() for item in items])
+        expanded = [item if type(item) is dict else _records.expand(header, item) for item in items]  # type: ignore[arg-type]
+        return self._events_frames(expanded, max_event_bytes)
 
-    def _events_frames(self, events: Sequence[Event]) -> bytes:
+    def _events_frames(self, events: Sequence[Event], max_event_bytes: int | None) -> bytes:
         if not events:
             return b""
+        if max_event_bytes is None:
+            max_event_bytes = (_config.current or _config.get_config()).max_event_bytes
         # Usually one serialization for the lot: if the whole payload is within the smallest
         # per-event limit, so is every event in it.
         try:
             frame = _frames.encode(_frames.EVENTS, {"events": list(events)})
-            if len(frame) <= BATCH_EVENT_LIMIT:
+            if len(frame) <= min(BATCH_EVENT_LIMIT, max_event_bytes):
                 return frame
         except (TypeError, ValueError, _frames.FrameError):
             pass
         encoded = []
         for event in events:
             try:
-                encoded.append(encode(event))
+                encoded.append(limits.encode(event, limits.limit_for(event["event"], max_event_bytes)))
             except (TypeError, ValueError) as exc:
                 record_drop("unserializable_event", 1, f"{event.get('event')}: {exc}")
         # Frames stay under the protocol's limit: each event is at most 8 MiB.

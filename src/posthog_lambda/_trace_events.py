@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from ._config import get_config
 from ._context import current
+from ._drops import record_drop
 from ._jsonable import to_jsonable
-from ._log import logger, record_drop
-from ._sinks import deliver
-from ._spans import RawEvent, Trace
+from ._log import logger
+from ._processor import export_events
+from ._trace import Trace
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -25,9 +26,9 @@ def _emit(
         record_drop("invalid_trace_id", 1, f"{kind} needs the trace id it is about, got {trace_id!r:.80}")
         return
     running = current.get()
-    if running is not None and not running.trace.closed:
+    if running is not None and not running._trace.closed:
         # Inside a traced handler: the event waits with that trace and takes its user.
-        host = running.trace
+        host = running._trace
         known = None if host.anonymous else host.distinct_id
         trace = Trace(
             config,
@@ -38,15 +39,15 @@ def _emit(
             detached=True,
         )
     else:
-        trace = host = Trace(config, trace_id=trace_id, distinct_id=distinct_id)
-    props = trace.capture(dict(properties)) if properties else {}
+        trace = host = Trace(config, trace_id=trace_id, distinct_id=distinct_id, detached=True)
+    props = trace.snapshot(dict(properties)) if properties else {}
     props.update(library)
     props["$ai_trace_id"] = trace_id
-    event = RawEvent(kind, trace, props)
+    event = trace.event(kind, props)
     if host is trace:
-        deliver([event.to_event()])
+        export_events([event])
     else:
-        host.add(event)
+        host.batch.add(event)
 
 
 def capture_feedback(

@@ -1,0 +1,83 @@
+"""Which exporter the current trace's items go to; the first that applies:
+
+1. inside ``testing.capture_events()``: kept in memory for the test;
+2. ``configure(sink=...)``;
+3. the extension's socket exists (the layer is attached): the socket exporter;
+4. POSTHOG_API_KEY set but no extension: posthog-python's Client, from the handler;
+5. otherwise nothing: events are counted and dropped, with a logged reason.
+"""
+
+from __future__ import annotations
+
+import os
+from _thread import allocate_lock
+
+from posthog_lambda_contract.keys import mask
+
+from . import _config
+from ._log import logger
+from ._sink_exporter import SinkExporter
+from ._sinks import DropSink
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._config import Config
+    from ._export import Exporter
+    from ._types import Sink
+
+_overrides: list[SinkExporter] = []
+_overrides_lock = allocate_lock()
+_chosen: tuple[Config, Exporter] | None = None
+"""The exporter chosen for the settings in force (chosen again when they change)."""
+
+
+def push_override(sink: Sink) -> None:
+    with _overrides_lock:
+        _overrides.append(SinkExporter(sink))
+
+
+def pop_override(sink: Sink) -> None:
+    with _overrides_lock:
+        for index in range(len(_overrides) - 1, -1, -1):
+            if _overrides[index].sink is sink:
+                del _overrides[index]
+                return
+
+
+def exporter() -> Exporter:
+    if _overrides:
+        return _overrides[-1]
+    config = _config.current or _config.get_config()
+    global _chosen
+    chosen = _chosen
+    if chosen is None or chosen[0] is not config:
+        chosen = _chosen = (config, _choose(config))
+    return chosen[1]
+
+
+def _choose(config: Config) -> Exporter:
+    if config.sink is not None:
+        return SinkExporter(config.sink)
+    if os.path.exists(config.socket_path):
+        from ._socket_exporter import SocketExporter
+
+        logger.debug("events go to the extension at %s", config.socket_path)
+        return SocketExporter(config.socket_path, config.spool_dir)
+    if config.api_key and config.host:
+        from ._posthog_sink import PostHogSink
+
+        logger.debug("events go to %s with key %s", config.host, mask(config.api_key))
+        return SinkExporter(PostHogSink(config.api_key, config.host))
+    if config.api_key:
+        return SinkExporter(DropSink(f"POSTHOG_HOST is not an http(s) URL; key {mask(config.api_key)}"))
+    return SinkExporter(DropSink("no POSTHOG_API_KEY and no sink configured"))
+
+
+def reset() -> None:
+    """Forget the chosen exporter, closing its connection (``testing.reset()``)."""
+    global _chosen
+    chosen, _chosen = _chosen, None
+    if chosen is not None and chosen[0].sink is None:  # the user's own sink is theirs to close
+        close = getattr(chosen[1], "close", None)
+        if callable(close):
+            close()
