@@ -4,7 +4,9 @@ Events are held as the JSON bytes they will be sent as: several times smaller th
 objects, and serialized once. A flush takes a snapshot (``begin``) and settles every entry in
 it: ``ack`` on a 2xx, ``drop`` when PostHog refuses it for good, ``end`` for the rest, which
 stay for the next flush. An entry evicted while a request carrying it is in flight is counted
-as dropped only if that request does not succeed.
+as dropped only if that request does not succeed. Worth keeping: ``begin``, then ``ack``/``drop``
+for what was settled and ``end`` always (in a ``finally``), is what makes an event leave the
+buffer only once PostHog has it (or has refused it for good, counted), however a flush ends.
 """
 
 from __future__ import annotations

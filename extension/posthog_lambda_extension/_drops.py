@@ -2,14 +2,17 @@
 
 Reasons name their unit: ``frames_*`` count frames that could not be read (their events are
 unknown), ``events_*`` count events. Each reason is logged the first time it happens; the
-counts since the last report travel to PostHog as one ``posthog_lambda_dropped`` event.
+counts since the last report travel to PostHog as one ``posthog_lambda_dropped`` event. Worth
+keeping: every drop, wherever it happens, is counted here (``Drops.add``) and so reported; a
+loss that is only logged is invisible to whoever reads PostHog.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import time
+
+from posthog_lambda_contract.events import ANONYMOUS, DISTINCT_ID, make_event, now
 
 from . import _log
 
@@ -17,8 +20,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from posthog_lambda_contract.schema import Event
+
 DROPPED_EVENT = "posthog_lambda_dropped"
-DISTINCT_ID = "posthog-lambda"
+REPORTER = "posthog-lambda"
+"""The drop reports' distinct id: they belong to no user of the function."""
+HEADER = {DISTINCT_ID: REPORTER, ANONYMOUS: True}
 
 
 class Drops:
@@ -50,33 +57,11 @@ class Drops:
             return dict(self._totals)
 
 
-def dropped_event(counts: dict[str, int]) -> dict[str, Any]:
-    """A plain PostHog event carrying ``counts``: no person profile, a fresh uuid."""
+def dropped_event(counts: dict[str, int]) -> Event:
+    """The event carrying ``counts``, made by the one event builder: no person profile."""
     properties: dict[str, Any] = dict(counts)
-    properties["$process_person_profile"] = False
     properties["posthog_lambda_dropped_total"] = sum(counts.values())
     function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
     if function:
         properties["lambda_function_name"] = function
-    return {
-        "event": DROPPED_EVENT,
-        "distinct_id": DISTINCT_ID,
-        "properties": properties,
-        "timestamp": iso_now(),
-        "uuid": new_uuid(),
-    }
-
-
-def new_uuid() -> str:
-    """A random (version 4) UUID, without importing ``uuid``."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def iso_now() -> str:
-    """The current UTC time as ISO 8601 with milliseconds, without importing ``datetime``."""
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    return make_event(DROPPED_EVENT, HEADER, properties, None, now())

@@ -1,17 +1,18 @@
 """What happens to each frame read from the socket or a spool file.
 
 START, OPEN and END go to the invocation and trace trackers; each valid event of an EVENTS
-frame (sent whole, or as a span record that is expanded here) goes into the buffer as JSON, cut
-to its endpoint's size limit if a writer sent it larger. Anything that cannot be used is counted
-by reason (and logged the first time), never raised.
+frame goes into the buffer as JSON (``limits.encode``), cut to its limit if it is larger. An
+event sent whole was fitted by the library already: its limit is its endpoint's. A span sent as
+a record is expanded here (``records.expand``) and fitted to the ``max_event_bytes`` its trace's
+header carries, as the library fits the events it sends itself: the user's limit holds whichever
+way an event leaves. Anything that cannot be used is counted by reason (and logged the first
+time), never raised.
 """
 
 from __future__ import annotations
 
-import json
-
-from posthog_lambda_contract import frames
-from posthog_lambda_contract.limits import AI_EVENT_LIMIT, BATCH_EVENT_LIMIT
+from posthog_lambda_contract import frames, limits
+from posthog_lambda_contract.events import MAX_EVENT_BYTES
 
 from . import _log
 from ._traces import Traces
@@ -25,17 +26,13 @@ if TYPE_CHECKING:
     from ._invocations import Invocations
 
 
-def dumps(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-
-
-def fit_event(event: dict[str, Any], limit: int) -> bytes:
-    """The event's JSON with its largest property values cut to fit ``limit`` bytes."""
-    from posthog_lambda_contract.limits import fit
-
-    properties = event.get("properties")
-    fitted = {**event, "properties": fit(properties if isinstance(properties, dict) else {}, limit)}
-    return dumps(fitted)
+def trace_max_event_bytes(header: dict[str, Any]) -> int:
+    """The ``max_event_bytes`` a trace's header gives its events (the default when it gives none
+    that can be used)."""
+    value = header.get(MAX_EVENT_BYTES)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return limits.clamp(value)
+    return limits.BATCH_EVENT_LIMIT
 
 
 def error_reason(error: str, broken: str | None) -> str:
@@ -94,15 +91,18 @@ class Intake:
         """Finished spans sent as records (``posthog_lambda_contract.records``): their events."""
         from posthog_lambda_contract.records import expand
 
+        max_event_bytes = trace_max_event_bytes(header)
         for record in records:
             try:
                 event = expand(header, record)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
                 self.drops.add("events_invalid", 1, f"a span record that cannot be read: {exc!r:.200}")
                 continue
-            self.event(event)
+            self.event(event, max_event_bytes)
 
-    def event(self, event: Any) -> None:
+    def event(self, event: Any, max_event_bytes: int = limits.AI_EVENT_LIMIT) -> None:
+        """Buffer ``event``, cut to ``limits.limit_for`` its name and ``max_event_bytes`` (its
+        trace's; by default only its endpoint's limit applies)."""
         problem = frames.valid_event(event)
         if problem is not None:
             self.drops.add("events_invalid", 1, problem)
@@ -112,10 +112,7 @@ class Intake:
             return
         name: str = event["event"]
         try:
-            data = dumps(event)
-            limit = AI_EVENT_LIMIT if name.startswith("$ai_") else BATCH_EVENT_LIMIT
-            if len(data) > limit:
-                data = fit_event(event, limit)
+            data = limits.encode(event, limits.limit_for(name, max_event_bytes))
         except (TypeError, ValueError) as exc:
             self.drops.add("events_invalid", 1, f"{name} cannot be serialized: {exc}")
             return

@@ -4,7 +4,9 @@ Lambda starts the function's runtime only once every extension has registered, s
 registering the extension loads only its settings, the socket's listening end and the
 Extensions API client; the rest (buffer, frame server, sender) loads while the runtime starts,
 and so does a key kept in a secret store (``_secrets``: boto3 and powertools are imported only
-then). Connections made meanwhile wait in the socket's backlog.
+then). Connections made meanwhile wait in the socket's backlog. Worth keeping: register first,
+with nothing but these modules loaded (``tests/extension/test_startup_modules.py`` lists them);
+each import added before ``register`` delays every cold start of the function.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import os
 
 from . import _log
 from ._api import ApiError, ExtensionsApi, next_event, register
-from ._listener import listen
 from ._settings import Settings
+from ._unix_socket import bind
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -35,7 +37,7 @@ def main(argv: Sequence[str] = ()) -> int:
     except ApiError as exc:
         _log.warn(f"not running in AWS Lambda: {exc}")
         return 1
-    listener = listen(settings.socket_path)
+    listener = bind(settings.socket_path)
     identifier = register(api, settings.name)
     # Background work by nature: when the function and the extension both want the CPU (a
     # sandbox at low memory has a fraction of one), the function goes first. Only lowering, so

@@ -12,6 +12,10 @@ Waiting for END needs the function to send START/END frames (``@posthog_traced``
 arrives for an invocation soon after its INVOKE (and no runtimeDone ends it), the function is
 taken to be untraced and invocations are handled like ``batch`` until a START or END shows up
 again; otherwise every invocation would wait until its deadline.
+
+Worth keeping as it is: a pure decision class. It is given the time and the buffer's figures and
+returns a decision; the loop does the waiting and the sending. So every rule is tested with plain
+numbers (tests/extension/test_policy.py), without clocks, sockets or threads.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ WAIT_FOR_END = "wait_for_end"
 """Wait for the invocation's END frame, then flush everything."""
 FLUSH_NOW = "flush_now"
 """Flush what is buffered now, then call next."""
-KEEP = "keep"
-"""Keep buffering; call next."""
+HOLD = "hold"
+"""Hold the events in the buffer; call next."""
 
 GAP_WINDOW = 5
 
@@ -49,7 +53,7 @@ class Policy:
         self._last_invoke = now
         if self.style() == END and not self.untraced:
             return WAIT_FOR_END
-        return FLUSH_NOW if self.due(now, count, size, oldest) else KEEP
+        return FLUSH_NOW if self.due(now, count, size, oldest) else HOLD
 
     def style(self) -> str:
         """``end`` or ``batch``: what ``adaptive`` resolves to given the recent gaps."""

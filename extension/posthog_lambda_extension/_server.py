@@ -1,6 +1,6 @@
 """The Unix socket the function's process writes frames to.
 
-Its listening end is created before the extension registers (``_listener``), so that it exists by
+Its listening end is bound before the extension registers (``_unix_socket``), so that it exists by
 the time the function starts. A thread accepts connections for as long as the environment runs
 (including while the main thread waits in next) and each connection gets a thread that reads
 frames until it closes. A bad header closes that connection: the rest of its stream cannot be
@@ -20,7 +20,7 @@ import time
 from posthog_lambda_contract import frames
 
 from . import _log
-from ._listener import listen
+from ._unix_socket import bind
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,10 +45,10 @@ class FrameServer:
         self._accepter: threading.Thread | None = None
 
     def start(self, listener: socket.socket | None = None) -> bool:
-        """Accept connections on ``listener`` (made by ``_listener.listen``, or here if None);
+        """Accept connections on ``listener`` (made by ``_unix_socket.bind``, or here if None);
         False if there is no socket to listen on."""
         if listener is None:
-            listener = listen(self.path)
+            listener = bind(self.path)
             if listener is None:
                 return False
         self._listener = listener

@@ -8,7 +8,7 @@ in a secret store is only named here; ``_secrets`` reads it once the extension h
 from __future__ import annotations
 
 from posthog_lambda_contract import environment
-from posthog_lambda_contract.environment import parse_flag
+from posthog_lambda_contract.environment import DEFAULT_HOST, parse_flag, parse_host, parse_int
 from posthog_lambda_contract.frames import DEFAULT_SOCKET, DEFAULT_SPOOL
 
 TYPE_CHECKING = False
@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 DEFAULT_NAME = "posthog-lambda"
-DEFAULT_HOST = "https://us.i.posthog.com"
 MODES = ("adaptive", "end", "batch")
 DEFAULT_FLUSH_AT = 10
 DEFAULT_FLUSH_INTERVAL_MS = 2000
@@ -113,26 +112,19 @@ class Settings:
         raw = self._env.get(name, "").strip()
         if not raw:
             return default
-        try:
-            value = int(raw)
-        except ValueError:
-            value = 0
-        if value <= 0:
+        value = parse_int(raw)
+        if value is None or value <= 0:
             self._problem(name, raw, f"is not a positive integer; using {default}")
             return default
         return value
 
     def _host(self) -> str | None:
-        raw = self._env.get(environment.POSTHOG_HOST, "").strip() or DEFAULT_HOST
-        host = raw.rstrip("/")
-        if "://" not in host:
-            host = "https://" + host
-        scheme, _, rest = host.partition("://")
-        if scheme.lower() not in ("http", "https") or not rest or rest.startswith("/"):
+        raw = self._env.get(environment.POSTHOG_HOST, "").strip()
+        host = parse_host(raw)
+        if host is None:
             self._problem(
                 environment.POSTHOG_HOST,
                 raw,
-                "is not an http(s) URL such as https://us.i.posthog.com; events from the function are discarded",
+                f"is not an http(s) URL such as {DEFAULT_HOST}; events from the function are discarded",
             )
-            return None
-        return f"{scheme.lower()}://{rest}"
+        return host

@@ -1,15 +1,18 @@
 """The Telemetry API: when the runtime is done with an invocation, and what the invocation cost.
 
 The extension subscribes during Init (after registering, before its first ``next``) to the
-``platform`` records, delivered by HTTP POST to a small listener on ``sandbox.localdomain``:
+``platform`` records, delivered by HTTP POST to a small receiver (``TelemetryReceiver``) on
+``sandbox.localdomain``:
 
 - ``platform.runtimeDone`` ends an invocation for the main loop even when the handler is not
   decorated or its process died, so ``end`` mode never waits for a START or the deadline.
 - ``platform.report`` (delivered late: at the next invoke, or at shutdown) carries the billed
   duration and memory. Its figures, and the estimated cost, go on that invocation's
-  ``$ai_trace`` while it waits in the buffer, otherwise as ``$ai_metric`` events linked to it.
+  ``$ai_trace`` while it waits in the buffer, otherwise as ``$ai_metric`` events linked to it,
+  made by the one event builder with the trace's header (``events.header_of``): same user,
+  person-profile rule, session and groups as the trace.
 
-A listener that cannot bind or a subscription that is refused is one log line; the extension
+A receiver that cannot bind or a subscription that is refused is one log line; the extension
 goes on without it (as before: START/END frames and the deadline).
 """
 
@@ -21,21 +24,23 @@ import os
 import socket
 import threading
 
-from posthog_lambda_contract import environment
+from posthog_lambda_contract import environment, limits
+from posthog_lambda_contract.events import make_event, now
 
 from . import _log
-from ._drops import iso_now, new_uuid
-from ._intake import dumps
+from ._invocations import RECENT, forget_oldest
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Mapping
     from typing import Any
 
+    from posthog_lambda_contract.schema import Event
+
     from ._api import ExtensionsApi
-    from ._buffer import Buffer
+    from ._intake import Intake
     from ._invocations import Invocations
-    from ._traces import Trace, Traces
+    from ._traces import BufferedTrace, Traces
 
 SANDBOX_HOST = "sandbox.localdomain"
 SCHEMA_VERSION = "2022-12-13"
@@ -43,7 +48,6 @@ BUFFERING = {"maxItems": 1000, "maxBytes": 262144, "timeoutMs": 25}
 """The smallest delivery delay Lambda allows: runtimeDone must arrive while the loop waits."""
 MAX_BODY = 8 * 1024 * 1024
 CONNECTION_TIMEOUT_S = 2.0
-KEEP = 64
 PRICES_VARIABLE = environment.POSTHOG_LAMBDA_PRICES
 DEFAULT_PRICES = {"x86_64": 0.0000166667, "arm64": 0.0000133334, "request": 0.0000002}
 """USD per GB-second by architecture, and per request (AWS's list prices, us-east-1)."""
@@ -60,7 +64,7 @@ COST = "lambda_cost_usd"
 
 
 def subscription(port: int) -> dict[str, Any]:
-    """The subscription request's body for a listener on ``port``."""
+    """The subscription request's body for a receiver on ``port``."""
     return {
         "schemaVersion": SCHEMA_VERSION,
         "destination": {"protocol": "HTTP", "URI": f"http://{SANDBOX_HOST}:{port}"},
@@ -102,7 +106,7 @@ def cost_usd(memory_mb: float, billed_ms: float, table: Mapping[str, float], arc
 
 
 class Telemetry:
-    """Records from the listener: runtimeDone goes straight to the invocation tracker, reports
+    """Records from the receiver: runtimeDone goes straight to the invocation tracker, reports
     wait for the main loop (``apply``), which owns the buffer's edits."""
 
     def __init__(self, invocations: Invocations, traces: Traces, environ: Mapping[str, str] = os.environ) -> None:
@@ -117,7 +121,7 @@ class Telemetry:
         self._reports: list[dict[str, Any]] = []
         self._awaited: dict[str, None] = {}
         """Request ids invoked whose report has not arrived."""
-        self._listener: Listener | None = None
+        self._receiver: TelemetryReceiver | None = None
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -125,25 +129,25 @@ class Telemetry:
         """Listen and subscribe; False (said in one line) when either fails."""
         host = "0.0.0.0" if environ.get("AWS_SAM_LOCAL") else SANDBOX_HOST
         try:
-            listener = Listener(host, self.receive_body)
+            receiver = TelemetryReceiver(host, self.receive_body)
         except OSError as exc:
             _log.warn(f"cannot listen for the Telemetry API on {host} ({exc}); going on without it")
             return False
         try:
-            api.subscribe_telemetry(identifier, subscription(listener.port))
+            api.subscribe_telemetry(identifier, subscription(receiver.port))
         except Exception as exc:
             _log.warn(f"cannot subscribe to the Telemetry API ({exc}); going on without it")
-            listener.close()
+            receiver.close()
             return False
-        self._listener = listener
+        self._receiver = receiver
         self.subscribed = True
-        _log.debug(f"subscribed to the Telemetry API on port {listener.port}")
+        _log.debug(f"subscribed to the Telemetry API on port {receiver.port}")
         return True
 
     def close(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            receiver.close()
 
     # -- records ---------------------------------------------------------------------------------
 
@@ -174,7 +178,7 @@ class Telemetry:
             elif kind == "platform.report":
                 with self._arrived:
                     self._reports.append(record)
-                    del self._reports[:-KEEP]
+                    del self._reports[:-RECENT]
                     self._awaited.pop(request_id, None)
                     self._arrived.notify_all()
 
@@ -183,7 +187,7 @@ class Telemetry:
         if self.subscribed:
             with self._arrived:
                 self._awaited[request_id] = None
-                _trim(self._awaited)
+                forget_oldest(self._awaited)
 
     def wait_reports(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for every invocation's report; True if all came."""
@@ -192,9 +196,10 @@ class Telemetry:
 
     # -- figures ---------------------------------------------------------------------------------
 
-    def apply(self, buffer: Buffer) -> int:
-        """Put the reports received so far on their traces (or send them as ``$ai_metric``
-        events); how many reports found their trace."""
+    def apply(self, intake: Intake) -> int:
+        """Put the reports received so far on their traces while they wait in the buffer (else
+        send them as ``$ai_metric`` events, taken in like any other event); how many reports
+        found their trace."""
         with self._arrived:
             reports, self._reports = self._reports, []
         applied = 0
@@ -204,10 +209,10 @@ class Telemetry:
             if trace is None or not figures:
                 continue  # an untraced invocation: nothing to link the figures to
             applied += 1
-            if buffer.patch(trace.uuid, _adder(figures)):
+            if intake.buffer.patch(trace.uuid, _adder(figures)):
                 continue
-            for uuid, data in metric_events(trace, report["requestId"], figures):
-                buffer.add(uuid, "$ai_metric", data)
+            for event in metric_events(trace, report["requestId"], figures):
+                intake.event(event)
         return applied
 
     def figures(self, report: Mapping[str, Any]) -> dict[str, float]:
@@ -227,26 +232,24 @@ class Telemetry:
         return figures
 
 
-def metric_events(trace: Trace, request_id: str, figures: Mapping[str, float]) -> Iterable[tuple[str, bytes]]:
-    """One ``$ai_metric`` event per figure, linked to the trace: (uuid, JSON)."""
-    for name, value in figures.items():
-        uuid = new_uuid()
-        properties: dict[str, Any] = {
-            "$ai_trace_id": trace.trace_id,
-            "$ai_metric_name": name,
-            "$ai_metric_value": value,
-            "lambda_request_id": request_id,
-        }
-        if trace.anonymous:
-            properties["$process_person_profile"] = False
-        event = {
-            "event": "$ai_metric",
-            "distinct_id": trace.distinct_id,
-            "properties": properties,
-            "timestamp": iso_now(),
-            "uuid": uuid,
-        }
-        yield uuid, dumps(event)
+def metric_events(trace: BufferedTrace, request_id: str, figures: Mapping[str, float]) -> list[Event]:
+    """One ``$ai_metric`` event per figure, linked to the trace and sharing its header."""
+    wall = now()
+    return [
+        make_event(
+            "$ai_metric",
+            trace.header,
+            {
+                "$ai_trace_id": trace.trace_id,
+                "$ai_metric_name": name,
+                "$ai_metric_value": value,
+                "lambda_request_id": request_id,
+            },
+            None,
+            wall,
+        )
+        for name, value in figures.items()
+    ]
 
 
 def _adder(figures: Mapping[str, float]) -> Callable[[bytes], bytes | None]:
@@ -262,10 +265,10 @@ def _with_properties(data: bytes, figures: Mapping[str, float]) -> bytes | None:
     if not isinstance(properties, dict):
         return None
     properties.update(figures)
-    return dumps(event)
+    return limits.dumps(event)
 
 
-class Listener:
+class TelemetryReceiver:
     """A minimal HTTP/1.1 server for Lambda's POSTs: one connection at a time, each answered 200
     and closed. Not ``http.server``: it would double the extension's imports and memory."""
 
@@ -300,7 +303,7 @@ class Listener:
                     if body is not None:
                         self._sink(body)
                     conn.sendall(f"HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
-            except Exception as exc:  # one bad connection must not stop the listener
+            except Exception as exc:  # one bad connection must not stop the receiver
                 _log.once(f"telemetry:{type(exc).__name__}", f"reading telemetry failed: {exc!r}")
 
     def close(self) -> None:
@@ -337,8 +340,3 @@ def _read_request(conn: socket.socket) -> tuple[str, bytes | None]:
             return "400 Bad Request", None
         rest += chunk
     return "200 OK", bytes(rest[:length])
-
-
-def _trim(seen: dict[str, Any]) -> None:
-    while len(seen) > KEEP:
-        del seen[next(iter(seen))]

@@ -1,4 +1,5 @@
-"""The Unix socket's listening end, created before registering (so before the function starts).
+"""The Unix socket the function writes frames to: its listening end, bound before registering (so
+before the function starts). ``_server`` accepts and reads its connections.
 
 Only ``os``, ``socket`` and ``stat``: it runs before registration, where every import counts.
 """
@@ -15,7 +16,7 @@ BACKLOG = 16
 """Connections made before the accept thread runs wait here."""
 
 
-def listen(path: str) -> socket.socket | None:
+def bind(path: str) -> socket.socket | None:
     """A socket listening on ``path``, replacing a stale one; None (logged) if that fails."""
     try:
         _remove_stale(path)
