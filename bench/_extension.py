@@ -1,5 +1,6 @@
-"""The extension as a process of its own, driven by a stand-in for Lambda's Extensions API, for the
-benchmarks that hand it events directly and read its memory, without a whole Lambda environment.
+"""The extension as a process of its own, driven by a stand-in for Lambda's Extensions API (the
+local environment's, served alone), for the benchmarks that hand it events directly and read its
+memory, without a whole Lambda environment. Times are ``time.monotonic()``, as the API's.
 
 The extension is started as the layer's launcher starts it (``python -I -S bootstrap.py
 posthog-lambda``, from a layer laid out by ``layer/build.py``). The traffic it is fed is what the
@@ -10,9 +11,7 @@ the frames exactly as the library makes them, and keeps the cost of making them 
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import socket
 import subprocess
 import sys
@@ -21,103 +20,39 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from _common import SRC, rss_mb, serve
+from _common import SRC, rss_mb
 from _handlers import POSTHOG_LAMBDA
 
-_STOP: dict[str, Any] = {}
-"""Put in a queue of events to end a pending next without an answer."""
+if TYPE_CHECKING:
+    from posthog_lambda.local.emulator import ExtensionsApi
+
+NAME = "posthog-lambda"
+"""The name the extension registers under: its launcher's, in the layer's ``extensions/``."""
+DEADLINE_S = 60.0
+"""How far ahead each INVOKE's deadline is: beyond any benchmark's wait."""
 
 
-class ExtensionsApi:
-    """Register, then each ``next`` answers with the next event given to :meth:`send` (until one
-    is, it waits, as in an idle environment). The Telemetry API refuses the subscription, so the
-    extension goes on without it: the end of an invocation is its END frame."""
+def extensions_api() -> ExtensionsApi:
+    """A started stand-in for Lambda's Extensions API: the local environment's own, on its own
+    (``posthog_lambda.local.emulator``; src/ must be on the path). It has no Telemetry API, so
+    the extension goes on without it: the end of an invocation is its END frame."""
+    from posthog_lambda.local.emulator import ExtensionsApi
 
-    def __init__(self) -> None:
-        self.registered = threading.Event()
-        self.registered_at = 0.0
-        self.next_calls: list[float] = []
-        self._calls = threading.Condition()
-        self._events: queue.Queue[dict[str, Any]] = queue.Queue()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _answer(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                outer.registered_at = time.perf_counter()
-                body = {"functionName": "bench", "functionVersion": "$LATEST", "handler": "app.handler"}
-                self._answer(200, body, {"Lambda-Extension-Identifier": "bench-extension"})
-                outer.registered.set()
-
-            def do_PUT(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                self._answer(404, {"errorType": "Bench.NoTelemetry", "errorMessage": "not in this stand-in"})
-
-            def do_GET(self) -> None:
-                with outer._calls:
-                    outer.next_calls.append(time.perf_counter())
-                    outer._calls.notify_all()
-                event = outer._events.get()
-                if event is _STOP:
-                    self.close_connection = True
-                    return
-                self._answer(200, event)
-
-        self._server = serve(Handler)
-        self.address = f"127.0.0.1:{self._server.server_address[1]}"
-
-    def send(self, event: dict[str, Any]) -> None:
-        self._events.put(event)
-
-    def invoke(self, request_id: str, timeout_s: float = 60.0) -> None:
-        deadline_ms = int((time.time() + timeout_s) * 1000)
-        self.send({"eventType": "INVOKE", "requestId": request_id, "deadlineMs": deadline_ms})
-
-    def shutdown(self, budget_s: float = 2.0) -> float:
-        """Send SHUTDOWN with Lambda's deadline; the time it was handed over."""
-        deadline_ms = int((time.time() + budget_s) * 1000)
-        self.send({"eventType": "SHUTDOWN", "shutdownReason": "spindown", "deadlineMs": deadline_ms})
-        return time.perf_counter()
-
-    def wait_next(self, calls: int, timeout: float = 30.0) -> float:
-        """When the extension made its ``calls``-th next call (waiting for it)."""
-        with self._calls:
-            if not self._calls.wait_for(lambda: len(self.next_calls) >= calls, timeout):
-                raise SystemExit(f"the extension did not call next {calls} times within {timeout:g} s")
-            return self.next_calls[calls - 1]
-
-    def close(self) -> None:
-        self.send(_STOP)
-        self._server.shutdown()
-        self._server.server_close()
+    return ExtensionsApi(function_name="bench").start()
 
 
 class Extension:
-    """A running extension process and what it printed, with when."""
+    """A running extension process, what the Extensions API knows of it, and what it printed, with when."""
 
     def __init__(self, bootstrap: Path, api: ExtensionsApi, env: dict[str, str]) -> None:
         self.socket_path = env.get("POSTHOG_LAMBDA_SOCKET", "")
-        self.started = time.perf_counter()
+        self.state = api.expect(NAME)
+        self.started = time.monotonic()
         self.process = subprocess.Popen(
-            [sys.executable, "-I", "-S", str(bootstrap), "posthog-lambda"],
+            [sys.executable, "-I", "-S", str(bootstrap), NAME],
             env={"PATH": os.environ.get("PATH", ""), "AWS_LAMBDA_RUNTIME_API": api.address, **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -126,11 +61,17 @@ class Extension:
         self._changed = threading.Condition()
         threading.Thread(target=self._read, name="bench-extension-output", daemon=True).start()
 
+    @property
+    def registered_at(self) -> float:
+        """When it called register (once it has)."""
+        assert self.state.registered is not None, "the extension has not registered"
+        return self.state.registered
+
     def _read(self) -> None:
         assert self.process.stdout is not None
         for raw in iter(self.process.stdout.readline, b""):
             with self._changed:
-                self.lines.append((time.perf_counter(), raw.decode("utf-8", "replace").rstrip()))
+                self.lines.append((time.monotonic(), raw.decode("utf-8", "replace").rstrip()))
                 self._changed.notify_all()
 
     def wait_line(self, text: str, timeout: float = 30.0) -> float:
@@ -152,7 +93,7 @@ class Extension:
 
     def wait_exit(self, timeout: float = 10.0) -> float:
         self.process.wait(timeout)
-        return time.perf_counter()
+        return time.monotonic()
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -254,6 +195,6 @@ def replay(socket_path: str, traffic: Traffic) -> float:
     """Write the traffic to the extension's socket as one connection; when writing began."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
         connection.connect(socket_path)
-        started = time.perf_counter()
+        started = time.monotonic()
         connection.sendall(traffic.data)
     return started

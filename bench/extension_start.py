@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import SRC, arguments, build_layer, capture_server, median, p99, positive, run_description
-from _extension import Extension, ExtensionsApi, Traffic, extension_env, record_traffic, replay
+from _extension import DEADLINE_S, Extension, Traffic, extension_env, extensions_api, record_traffic, replay
 from _publish import Target, publish, verdict
 
 ROUNDS = 20
@@ -36,16 +36,16 @@ BURST_SPANS = 999
 def start_once(bootstrap: Path, tmp: Path, server: Any, burst: Traffic | None) -> tuple[float, float, float]:
     """(ms from exec to register, RSS in MB once it waits in next, peak RSS in MB after ``burst``
     was handed to it and sent (0 without a burst))."""
-    api = ExtensionsApi()
+    api = extensions_api()
     extension = Extension(bootstrap, api, extension_env(tmp, server.url, POSTHOG_LAMBDA_FLUSH="end"))
     try:
         api.wait_next(1, timeout=10)
-        register_ms = (api.registered_at - extension.started) * 1000
+        register_ms = (extension.registered_at - extension.started) * 1000
         time.sleep(0.2)  # let it finish loading what it loads after registering
         rss, _ = extension.memory_mb()
         peak = 0.0
         if burst is not None:
-            api.invoke(burst.last_request_id)
+            api.invoke(burst.last_request_id, DEADLINE_S)
             replay(extension.socket_path, burst)
             api.wait_next(2)
             _, peak = extension.memory_mb()

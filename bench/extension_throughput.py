@@ -25,12 +25,16 @@ from __future__ import annotations
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from _common import SRC, arguments, build_layer, capture_server, median, p99, positive, run_description
-from _extension import Extension, ExtensionsApi, Traffic, extension_env, record_traffic, replay
+from _extension import DEADLINE_S, Extension, Traffic, extension_env, extensions_api, record_traffic, replay
 from _publish import Target, publish, verdict
+
+if TYPE_CHECKING:
+    from posthog_lambda.local.emulator import ExtensionsApi
 
 ROUNDS = 8
 EVENTS = 10_000
@@ -48,7 +52,7 @@ def throughput(bootstrap: Path, tmp: Path, rounds: int) -> dict[str, list[float]
     traffics = [record_traffic(EVENTS // (SPANS + 1), SPANS) for _ in range(rounds + 1)]
     samples: dict[str, list[float]] = {"in": [], "out": [], "both": [], "bytes": [len(traffics[0].data) / EVENTS]}
     server = capture_server(0)
-    api = ExtensionsApi()
+    api = extensions_api()
     extension = Extension(
         bootstrap, api, extension_env(tmp, server.url, POSTHOG_LAMBDA_FLUSH="end", POSTHOG_LAMBDA_DEBUG="true")
     )
@@ -56,7 +60,7 @@ def throughput(bootstrap: Path, tmp: Path, rounds: int) -> dict[str, list[float]
         api.wait_next(1)
         for n, traffic in enumerate(traffics):
             before = len(server.unique_events())
-            api.invoke(traffic.last_request_id)
+            api.invoke(traffic.last_request_id, DEADLINE_S)
             extension.wait_line(f"INVOKE {traffic.last_request_id}")
             started = replay(extension.socket_path, traffic)
             taken = extension.wait_line(f"END {traffic.last_request_id}")
@@ -78,11 +82,11 @@ def throughput(bootstrap: Path, tmp: Path, rounds: int) -> dict[str, list[float]
 
 def buffered(bootstrap: Path, tmp: Path, server: Any, traffics: list[Traffic]) -> tuple[Extension, ExtensionsApi]:
     """An extension holding ``traffics`` in `batch` mode with a threshold never reached."""
-    api = ExtensionsApi()
+    api = extensions_api()
     settings = {"POSTHOG_LAMBDA_FLUSH": "batch", "POSTHOG_FLUSH_AT": "10000000", "POSTHOG_FLUSH_INTERVAL": "3600000"}
     extension = Extension(bootstrap, api, extension_env(tmp, server.url, POSTHOG_LAMBDA_DEBUG="true", **settings))
     api.wait_next(1)
-    api.invoke(traffics[-1].last_request_id)
+    api.invoke(traffics[-1].last_request_id, DEADLINE_S)
     api.wait_next(2)  # nothing to send yet: straight back to next
     return extension, api
 
@@ -97,7 +101,8 @@ def shutdown_flush(bootstrap: Path, tmp: Path, rounds: int, delay_ms: float) -> 
         try:
             replay(extension.socket_path, traffic)
             extension.wait_line(f"END {traffic.last_request_id}")
-            told = api.shutdown(SHUTDOWN_BUDGET_S)
+            api.shutdown(budget_s=SHUTDOWN_BUDGET_S)
+            told = time.monotonic()
             exited = extension.wait_exit()
             delivered = len(server.unique_events())
             if delivered != EVENTS:
@@ -125,7 +130,7 @@ def memory(bootstrap: Path, tmp: Path) -> tuple[list[tuple[int, float, float]], 
                 fed += 1
             rss, peak = extension.memory_mb()
             rows.append((fed * (SPANS + 1), rss, peak))
-        api.shutdown(SHUTDOWN_BUDGET_S)
+        api.shutdown(budget_s=SHUTDOWN_BUDGET_S)
         extension.wait_exit()
     finally:
         extension.kill()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import time
 
+from posthog_lambda_contract import limits
+
 from . import _log
 from ._api import next_event
 from ._buffer import Buffer
-from ._drops import DROPPED_EVENT, Drops, dropped_event, new_uuid
-from ._intake import Intake, dumps
+from ._drops import DROPPED_EVENT, Drops, dropped_event
+from ._intake import Intake, trace_max_event_bytes
 from ._invocations import Invocations
 from ._policy import FLUSH_NOW, WAIT_FOR_END, Policy
 from ._server import FrameServer
@@ -259,29 +261,34 @@ class Extension:
         announced trace that never arrived goes to PostHog as failed (see ``_traces``)."""
         from ._traces import failed_events
 
-        for running in self.intake.traces.take_unfinished():
-            status = self.invocations.status(running.request_id)
+        for announced in self.intake.traces.take_unfinished():
+            status = self.invocations.status(announced.request_id)
             if status not in ("timeout", "failure", "error"):
                 status = reason
-            events = failed_events(running, status, time.time())
+            events, unreadable = failed_events(announced, status, time.time())
             _log.warn(
-                f"invocation {running.request_id} ended with Lambda status {status}: sending its trace "
-                f"{running.trace_id} as failed, with {len(events) - 1} spans that did not end"
+                f"invocation {announced.request_id} ended with Lambda status {status}: sending its trace "
+                f"{announced.trace_id} as failed, with {len(announced.open)} spans that did not end"
             )
+            assert announced.header is not None  # take_unfinished returns only those with one
+            max_event_bytes = trace_max_event_bytes(announced.header)
             for event in events:
-                self.intake.event(event)
+                self.intake.event(event, max_event_bytes)
+            detail = f"a running span's record of trace {announced.trace_id} cannot be completed"
+            self.drops.add("events_invalid", unreadable, detail)
 
     # -- flushing -------------------------------------------------------------------------------
 
     def flush(self, deadline: float, *, force: bool = False) -> None:
         if self.telemetry is not None:
-            self.telemetry.apply(self.buffer)
+            self.telemetry.apply(self.intake)
         sender = self._sender(deadline if force else min(deadline, self._clock() + KEY_WAIT_S))
         if sender is None or not sender.ready(force):
             return
         counts = self.drops.take()
         if counts:
-            self.buffer.add(new_uuid(), DROPPED_EVENT, dumps(dropped_event(counts)))
+            report = dropped_event(counts)
+            self.buffer.add(report["uuid"], DROPPED_EVENT, limits.dumps(report))
         if not len(self.buffer):
             return
         started = self._clock()

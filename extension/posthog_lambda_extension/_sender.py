@@ -20,7 +20,11 @@ unknown outcome is deduplicated by PostHog. What each answer means:
   said once, and nothing more is sent (the caller discards events from then on, counted).
 - Anything else (a redirect, 404 on ``/batch/``): said once, events kept, flushes back off.
 
-``http.client``, ``ssl`` and ``zlib`` load on the first flush, not at start-up.
+``http.client``, ``ssl`` and ``zlib`` load on the first flush, not at start-up. Worth keeping:
+the list above is the sender's specification, one answer per case (tests/extension/test_sender.py
+checks them against a real HTTP server); and the clock and the pause are injected, never read
+from ``time`` directly, so that deadlines and backoff follow the loop's clock and can be tested
+without waiting.
 """
 
 from __future__ import annotations
@@ -30,12 +34,10 @@ import os
 import time
 from collections import deque
 
+from posthog_lambda_contract import events, limits
 from posthog_lambda_contract.keys import mask
-from posthog_lambda_contract.limits import BATCH_EVENT_LIMIT, MIN_EVENT_LIMIT
 
 from . import __version__, _log
-from ._drops import iso_now
-from ._intake import fit_event
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -180,7 +182,7 @@ class Sender:
                 self.ai_endpoint = False
                 _log.warn(
                     f"PostHog at {self.host} has no {AI_PATH} (404: older self-hosted PostHog?); sending $ai_* "
-                    f"events to {BATCH_PATH} from now on, each cut to {BATCH_EVENT_LIMIT} bytes"
+                    f"events to {BATCH_PATH} from now on, each cut to {limits.BATCH_EVENT_LIMIT} bytes"
                 )
                 work.extendleft(reversed(self._chunks(chunk)))
             elif status in (401, 403):
@@ -238,8 +240,8 @@ class Sender:
             if entry.ai and self.ai_endpoint:
                 ai.append(entry)
             else:
-                if entry.ai and len(entry.data) > BATCH_EVENT_LIMIT:
-                    self.buffer.replace(entry, fit_event(json.loads(entry.data), BATCH_EVENT_LIMIT))
+                if entry.ai and len(entry.data) > limits.BATCH_EVENT_LIMIT:
+                    self.buffer.replace(entry, limits.encode(json.loads(entry.data), limits.BATCH_EVENT_LIMIT))
                 plain.append(entry)
         chunks: list[tuple[str, list[Entry]]] = []
         for path, group in ((AI_PATH, ai), (BATCH_PATH, plain)):
@@ -260,8 +262,7 @@ class Sender:
         if entry.truncated:
             return False
         size = len(entry.data)
-        limit = BATCH_EVENT_LIMIT if size > BATCH_EVENT_LIMIT else max(MIN_EVENT_LIMIT, size // 2)
-        data = fit_event(json.loads(entry.data), limit)
+        data = limits.encode(json.loads(entry.data), limits.limit_after_413(size))
         if len(data) >= size:
             return False
         self.buffer.replace(entry, data)
@@ -281,7 +282,7 @@ class Sender:
             retry_after: float | None = None
             result.requests += 1
             try:
-                status, headers, text = self._post(path, body.with_sent_at(iso_now()), deadline)
+                status, headers, text = self._post(path, body.with_sent_at(events.iso(events.now())), deadline)
             except (OSError, http.client.HTTPException) as exc:  # ssl errors are OSErrors
                 problem = f"cannot reach PostHog at {self.host}: {exc or type(exc).__name__}"
                 key = f"network:{type(exc).__name__}"

@@ -148,12 +148,11 @@ def failed_events(announced: Announced, status: str, now: float) -> tuple[list[E
     assert root is not None
     deadline = announced.deadline_ms / 1000
     ended = deadline if status == "timeout" else min(now, deadline)
-    started = root[records.END_US] if len(root) > records.END_US else None  # a running record's start
+    started = _started(root)
     if status == "timeout":
         # The trace began as the invocation did, give or take a few ms; timeouts are whole seconds
         # on AWS, so one decimal says it exactly.
-        known = isinstance(started, int) and not isinstance(started, bool)
-        limit = f"its {round(deadline - started / 1e6, 1):g} s timeout" if known else "its timeout"
+        limit = f"its {round(deadline - started, 1):g} s timeout" if started is not None else "its timeout"
         error = f"Lambda status timeout: the invocation did not finish within {limit}"
     else:
         error = f"Lambda status {status}: the function's process ended before the invocation finished"
@@ -167,6 +166,14 @@ def failed_events(announced: Announced, status: str, now: float) -> tuple[list[E
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
             unreadable += 1
     return made, unreadable
+
+
+def _started(record: Sequence[Any]) -> float | None:
+    """When a running span's record says it started (Unix seconds), if it says."""
+    started_us = record[records.END_US] if len(record) > records.END_US else None
+    if isinstance(started_us, int) and not isinstance(started_us, bool):
+        return started_us / 1e6
+    return None
 
 
 def _span_id(record: Any) -> str | None:

@@ -19,11 +19,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     command = args.pop(0) if args else ""
     if command == "local":
-        from .local.cli import main as local
+        from .local.cli import local
 
         return local(args)
     if command == "capture":
-        from .local.capture import main as capture
+        from .local.cli import capture
 
         return capture(args)
     print(USAGE, file=sys.stderr)

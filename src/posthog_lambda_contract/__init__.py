@@ -4,7 +4,7 @@ Both sides import this package; it is the only code the extension takes from the
 tree, so it stays standard library only and imports nothing on import. Its modules:
 
 - ``environment``: every environment variable either side reads, and how a value is parsed.
-- ``frames``: the hand-off protocol over the Unix socket and the spool.
+- ``frames``: the frame protocol over the Unix socket and the spool.
 - ``records``: a finished span's compact record, and the event it stands for.
 - ``events``: the one event builder (uuid, timestamp, identity rules, privacy mode).
 - ``ids``: trace, span and event identifiers.

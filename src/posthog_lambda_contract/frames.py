@@ -1,4 +1,4 @@
-"""The hand-off protocol between the function's process and the extension: one module, both sides.
+"""The frame protocol between the function's process and the extension: one module, both sides.
 
 A stream of frames over a Unix socket (or, when the socket cannot take them, appended to a
 spool file that the extension drains; same format). Each frame is an 8-byte header, then a

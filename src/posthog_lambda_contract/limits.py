@@ -38,6 +38,13 @@ def limit_for(kind: str, max_event_bytes: int = BATCH_EVENT_LIMIT) -> int:
     return min(max_event_bytes, BATCH_EVENT_LIMIT)
 
 
+def limit_after_413(size: int) -> int:
+    """What an event of ``size`` bytes that PostHog refused as too large (413) is cut to for its
+    last try: ``/batch/``'s limit, or half its size if it was within that already (never below
+    ``MIN_EVENT_LIMIT``)."""
+    return BATCH_EVENT_LIMIT if size > BATCH_EVENT_LIMIT else max(MIN_EVENT_LIMIT, size // 2)
+
+
 def dumps(value: object) -> bytes:
     """Compact, strict UTF-8 JSON: what goes on the wire."""
     import json  # on first use: the library imports this module on every cold start

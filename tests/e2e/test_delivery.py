@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from posthog_lambda.local.capture import ReceivedEvent
+from posthog_lambda.local.capture_server import ReceivedEvent
 from posthog_lambda.testing import trace_tree_problems
 from tests.e2e.conftest import Deployment
 

@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from posthog_lambda.local.capture import CaptureServer
+from posthog_lambda.local import CaptureServer
 from posthog_lambda_contract import frames as _frames
 from posthog_lambda_extension import _api, _log, _main
 from posthog_lambda_extension._api import ApiError, ExtensionsApi
-from posthog_lambda_extension._drops import DISTINCT_ID, DROPPED_EVENT
-from posthog_lambda_extension._listener import listen
+from posthog_lambda_extension._drops import DROPPED_EVENT, REPORTER
 from posthog_lambda_extension._loop import START_GRACE_S, Extension
 from posthog_lambda_extension._settings import Settings
-from tests.extension import make_event
+from posthog_lambda_extension._unix_socket import bind
+from tests.extension import builder_problems, make_event, start
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +51,7 @@ def invoke(request_id: str, seconds: float) -> dict[str, Any]:
 
 
 def frames(ext: Extension, request_id: str, *events: dict[str, Any], ended: bool = True) -> None:
-    ext.intake.frame(_frames.START, {"request_id": request_id, "trace_id": "t", "deadline_ms": 0})
+    ext.intake.frame(_frames.START, start(request_id))
     ext.intake.frame(_frames.EVENTS, {"events": list(events)})
     if ended:
         ext.intake.frame(_frames.END, {"request_id": request_id, "trace_id": "t"})
@@ -121,8 +121,8 @@ def test_losses_are_reported_in_the_next_batch(tmp_path: Path, posthog: CaptureS
     frames(ext, "r1", make_event(), bad, bad)
     ext.invoke(invoke("r1", 30))
     (report,) = [e for e in posthog.events if e.name == DROPPED_EVENT]
-    assert report.distinct_id == DISTINCT_ID
-    assert report.uuid
+    assert report.distinct_id == REPORTER
+    assert builder_problems(report.event) == []  # a UUIDv7 and the one timestamp format
     assert report.properties["events_invalid"] == 2
     assert report.properties["posthog_lambda_dropped_total"] == 2
     assert report.properties["$process_person_profile"] is False
@@ -195,7 +195,7 @@ def test_nothing_but_shutdown_ends_the_loop(
             {"eventType": "SHUTDOWN", "deadlineMs": int(time.time() * 1000) + 2000},
         ]
     )
-    assert ext.run(api, "id", listen(str(tmp_path / "ph.sock"))) == 0
+    assert ext.run(api, "id", bind(str(tmp_path / "ph.sock"))) == 0
     assert api.script == []
     assert calls == 3  # both invocations and the shutdown reached the failing step
     out = capsys.readouterr().out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from posthog_lambda_extension._policy import BATCH, END, FLUSH_NOW, KEEP, WAIT_FOR_END, Policy
+from posthog_lambda_extension._policy import BATCH, END, FLUSH_NOW, HOLD, WAIT_FOR_END, Policy
 
 LIMIT = 10_000_000
 
@@ -21,8 +21,8 @@ def test_end_mode_always_waits_for_the_end_of_the_invocation() -> None:
 @pytest.mark.parametrize(
     ("count", "size", "oldest", "expected"),
     [
-        (0, 0, None, KEEP),
-        (3, 300, 99.0, KEEP),  # 1 s old, 3 events: not yet
+        (0, 0, None, HOLD),
+        (3, 300, 99.0, HOLD),  # 1 s old, 3 events: not yet
         (10, 1000, 99.9, FLUSH_NOW),  # flush_at reached
         (1, 100, 97.5, FLUSH_NOW),  # older than the interval
         (1, 100, 98.0, FLUSH_NOW),  # exactly the interval
@@ -57,7 +57,7 @@ def test_adaptive_switches_to_batch_once_invocations_come_faster_than_the_interv
     action = p.on_invoke(t, 3, 300, t - 1.0)
     assert p.gap() == 0.5
     assert p.style() == BATCH
-    assert action == KEEP  # batch: 3 events, 1 s old: keep buffering
+    assert action == HOLD  # batch: 3 events, 1 s old: hold them
     assert p.on_invoke(t + 0.5, 3, 300, t - 1.6) == FLUSH_NOW
 
 
@@ -67,8 +67,8 @@ def test_adaptive_goes_back_to_end_once_the_median_gap_grows() -> None:
     for t in times:
         p.on_invoke(t, 0, 0, None)
     assert p.style() == BATCH
-    assert p.on_invoke(60.0, 0, 0, None) == KEEP  # one long gap is not a trend
-    assert p.on_invoke(120.0, 0, 0, None) == KEEP
+    assert p.on_invoke(60.0, 0, 0, None) == HOLD  # one long gap is not a trend
+    assert p.on_invoke(120.0, 0, 0, None) == HOLD
     assert p.on_invoke(180.0, 0, 0, None) == WAIT_FOR_END  # three of the last five
     assert p.style() == END
 
@@ -76,7 +76,7 @@ def test_adaptive_goes_back_to_end_once_the_median_gap_grows() -> None:
 def test_an_untraced_function_is_not_waited_for_until_a_start_shows_up() -> None:
     p = policy(END)
     p.missed_start()
-    assert p.on_invoke(0.0, 0, 0, None) == KEEP
+    assert p.on_invoke(0.0, 0, 0, None) == HOLD
     assert p.on_invoke(1.0, 12, 1200, 0.5) == FLUSH_NOW
     p.saw_start()
     assert p.on_invoke(2.0, 0, 0, None) == WAIT_FOR_END

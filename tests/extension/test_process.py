@@ -1,24 +1,21 @@
 """``python -m posthog_lambda_extension`` as Lambda runs it: a separate process, standard library
-only, against a tiny Extensions API written here and a local PostHog capture server."""
+only, against the local Lambda environment's Extensions API and a local PostHog capture server."""
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from posthog_lambda.local.capture import CaptureServer
+from posthog_lambda.local import CaptureServer
+from posthog_lambda.local.emulator import ExtensionsApi, ExtensionState
 from posthog_lambda_contract import frames as _frames
 from posthog_lambda_extension._main import NICENESS
 from tests.extension import make_event
@@ -28,95 +25,43 @@ TIMEOUT = 10.0
 _STOP: dict[str, Any] = {"eventType": "_STOP"}
 
 
-class FakeExtensionsApi:
-    """Register, then hand out the events a test pushes, one per call to next."""
+class Api:
+    """The local Lambda environment's own Extensions API, with what registration saw."""
 
     def __init__(self, socket_path: str) -> None:
-        self.socket_path = socket_path
-        self.changed = threading.Condition()
         self.registrations: list[dict[str, Any]] = []
-        self.next_calls = 0
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        api = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        def seen(state: ExtensionState) -> None:
+            self.registrations.append(
+                {"name": state.name, "events": set(state.events), "socket_existed": os.path.exists(socket_path)}
+            )
 
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                assert self.path == "/2020-01-01/extension/register"
-                with api.changed:
-                    api.registrations.append(
-                        {
-                            "name": self.headers.get("Lambda-Extension-Name"),
-                            "body": json.loads(body),
-                            "socket_existed": os.path.exists(api.socket_path),
-                        }
-                    )
-                    api.changed.notify_all()
-                self.answer(200, {"functionName": "f", "functionVersion": "$LATEST", "handler": "app.handler"})
-
-            def do_GET(self) -> None:
-                assert self.path == "/2020-01-01/extension/event/next"
-                assert self.headers.get("Lambda-Extension-Identifier") == "ext-id-1"
-                with api.changed:
-                    api.next_calls += 1
-                    api.changed.notify_all()
-                event = api.events.get()
-                if event is _STOP:
-                    self.close_connection = True
-                    self.answer(500, {"errorType": "Environment.Gone"})
-                    return
-                self.answer(200, event)
-
-            def answer(self, status: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                if status == 200 and self.command == "POST":
-                    self.send_header("Lambda-Extension-Identifier", "ext-id-1")
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+        self.server = ExtensionsApi(function_name="f", on_register=seen).start()
+        self.server.expect("my-extension")
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.httpd.server_address[1]}"
+        return self.server.address
 
     def wait_next(self, calls: int) -> None:
         """Until the extension has called next ``calls`` times (and so waits in it)."""
-        with self.changed:
-            assert self.changed.wait_for(lambda: self.next_calls >= calls, TIMEOUT), f"{self.next_calls} next calls"
+        self.server.wait_next(calls, TIMEOUT)
 
     def invoke(self, request_id: str, seconds: float = 10.0) -> None:
-        deadline = int((time.time() + seconds) * 1000)
-        self.events.put({"eventType": "INVOKE", "requestId": request_id, "deadlineMs": deadline})
+        self.server.invoke(request_id, seconds)
 
     def shutdown(self, seconds: float = 2.0) -> None:
-        deadline = int((time.time() + seconds) * 1000)
-        self.events.put({"eventType": "SHUTDOWN", "shutdownReason": "spindown", "deadlineMs": deadline})
+        self.server.shutdown(budget_s=seconds)
 
     def close(self) -> None:
-        for _ in range(4):
-            self.events.put(_STOP)  # releases any handler still waiting in next
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(TIMEOUT)
+        self.server.close()
 
 
 class Run:
     def __init__(self, tmp_path: Path, posthog: CaptureServer) -> None:
         self.socket_path = str(tmp_path / "ph.sock")
         self.spool_dir = str(tmp_path / "spool")
-        self.api = FakeExtensionsApi(self.socket_path)
+        self.api = Api(self.socket_path)
         self.posthog = posthog
         self.process: subprocess.Popen[str] | None = None
 
@@ -172,7 +117,8 @@ def run(tmp_path: Path) -> Iterator[Run]:
 
 def start(request_id: str) -> bytes:
     deadline = int((time.time() + 10) * 1000)
-    return _frames.encode(_frames.START, {"request_id": request_id, "trace_id": "t", "deadline_ms": deadline})
+    payload = {"request_id": request_id, "trace_id": "t", "deadline_ms": deadline, "trace": {"t": "t", "d": "u"}}
+    return _frames.encode(_frames.START, payload)
 
 
 def end(request_id: str) -> bytes:
@@ -189,7 +135,7 @@ def test_register_invoke_shutdown(run: Run) -> None:
     (registration,) = run.api.registrations
     assert registration == {
         "name": "my-extension",
-        "body": {"events": ["INVOKE", "SHUTDOWN"]},
+        "events": {"INVOKE", "SHUTDOWN"},
         "socket_existed": True,  # before registering, so before the function can start
     }
     # Once registered it yields the CPU to the function: nice value 10 above the test's.

@@ -17,13 +17,14 @@ import pytest
 from aws_lambda_powertools.utilities.parameters.constants import DEFAULT_PROVIDERS
 from moto import mock_aws
 
-from posthog_lambda.local.capture import AI_BATCH_PATH, BATCH_PATH, CaptureServer
+from posthog_lambda.local.capture_server import AI_BATCH_PATH, BATCH_PATH, CaptureServer
 from posthog_lambda_contract import frames as _frames
 from posthog_lambda_extension import _log, _loop, _secrets
 from posthog_lambda_extension._loop import Extension
 from posthog_lambda_extension._secrets import KeyStore, key_from_secret
 from posthog_lambda_extension._settings import Settings
 from tests.extension import make_event
+from tests.extension import start as start_payload
 from tests.extension.test_process import ROOT, TIMEOUT, Run, end, events, start
 
 KEY = "phc_local"
@@ -82,7 +83,7 @@ def extension(tmp_path: Path, posthog: CaptureServer, **env: str) -> Extension:
 
 def handled(ext: Extension, request_id: str, *items: dict[str, Any]) -> None:
     """An invocation whose traced handler sent ``items`` and ended; in end mode, flushed after it."""
-    ext.intake.frame(_frames.START, {"request_id": request_id, "trace_id": "t", "deadline_ms": 0})
+    ext.intake.frame(_frames.START, start_payload(request_id))
     ext.intake.frame(_frames.EVENTS, {"events": list(items)})
     ext.intake.frame(_frames.END, {"request_id": request_id, "trace_id": "t"})
     deadline_ms = int((time.time() + 30) * 1000)

@@ -9,7 +9,7 @@ from datetime import datetime
 
 import pytest
 
-from posthog_lambda.local.capture import AI_BATCH_PATH, BATCH_PATH, CaptureServer
+from posthog_lambda.local import CaptureServer
 from posthog_lambda_contract.keys import mask
 from posthog_lambda_contract.limits import BATCH_EVENT_LIMIT
 from posthog_lambda_extension import _log
@@ -19,6 +19,8 @@ from posthog_lambda_extension._sender import Result, Sender
 from tests.extension import data, make_event
 
 KEY = "phc_local"
+AI_BATCH_PATH = "/i/v0/ai/batch/"
+BATCH_PATH = "/batch/"
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from posthog_lambda_contract import frames as _frames
+from posthog_lambda_contract.events import MAX_EVENT_BYTES
 from posthog_lambda_contract.limits import BATCH_EVENT_LIMIT
+from posthog_lambda_contract.records import HAS_OUTPUT
 from posthog_lambda_extension import _log
 from posthog_lambda_extension._buffer import Buffer
 from posthog_lambda_extension._drops import Drops
@@ -23,7 +25,7 @@ from posthog_lambda_extension._intake import Intake
 from posthog_lambda_extension._invocations import Invocations
 from posthog_lambda_extension._server import MAX_CONNECTIONS, FrameServer
 from posthog_lambda_extension._spool import Spool
-from tests.extension import make_event
+from tests.extension import builder_problems, header, make_event, start
 
 TIMEOUT = 5.0
 
@@ -104,14 +106,16 @@ def events_frame(*events: object) -> bytes:
     return _frames.encode(_frames.EVENTS, {"events": list(events)})
 
 
-def raw_frame(kind: int, body: bytes, magic: bytes = b"PL", version: int = 1, length: int | None = None) -> bytes:
+def raw_frame(
+    kind: int, body: bytes, magic: bytes = b"PL", version: int = _frames.VERSION, length: int | None = None
+) -> bytes:
     return struct.pack(">2sBBI", magic, version, kind, len(body) if length is None else length) + body
 
 
 def test_valid_frames_reach_the_buffer_and_the_invocation_tracker(harness: Harness) -> None:
     events = [make_event(), make_event("$ai_generation"), make_event("$exception")]
     harness.send(
-        _frames.encode(_frames.START, {"request_id": "r1", "trace_id": "t1", "deadline_ms": 1}),
+        _frames.encode(_frames.START, start("r1", "t1", 1)),
         events_frame(*events),
         _frames.encode(_frames.END, {"request_id": "r1", "trace_id": "t1"}),
     )
@@ -196,6 +200,53 @@ def test_an_oversized_plain_event_is_cut_to_the_batch_limit(harness: Harness) ->
     assert json.loads(entry.data)["properties"]["posthog_lambda_truncated"] == ["$ai_input_state"]
 
 
+def span_record(output_chars: int) -> list[object]:
+    """A finished span's record whose output is ``output_chars`` characters."""
+    return [
+        "$ai_span",
+        "big",
+        "t",
+        1_700_000_000_000_000,
+        5_000_000,
+        "span-1",
+        None,
+        None,
+        None,
+        HAS_OUTPUT,
+        None,
+        "y" * output_chars,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("max_event_bytes", "output_chars", "limit"),
+    [
+        (20_000, 100_000, 20_000),  # configure(max_event_bytes=20000): the extension holds to it too
+        (None, 1_000_000, BATCH_EVENT_LIMIT),  # a header without one: the default
+        ("lots", 1_000_000, BATCH_EVENT_LIMIT),  # one that cannot be used: the default
+        (10, 100_000, 16 * 1024),  # below what PostHog and the cut can honour: the smallest accepted
+    ],
+)
+def test_a_span_record_is_fitted_to_its_trace_max_event_bytes(
+    harness: Harness, max_event_bytes: object, output_chars: int, limit: int
+) -> None:
+    trace = header("t") if max_event_bytes is None else header("t", **{MAX_EVENT_BYTES: max_event_bytes})
+    harness.send(_frames.encode(_frames.EVENTS, {"events": [], "trace": trace, "spans": [span_record(output_chars)]}))
+    (entry,) = harness.buffer.begin()
+    assert len(entry.data) <= limit
+    event = json.loads(entry.data)
+    assert event["properties"]["posthog_lambda_truncated"] == ["$ai_output_state"]
+    assert builder_problems(event) == []
+
+
+def test_an_event_sent_whole_keeps_its_endpoint_limit_the_library_fitted_it(harness: Harness) -> None:
+    whole = make_event("$ai_generation", pad=100_000)
+    small = header("t", **{MAX_EVENT_BYTES: 20_000})
+    harness.send(_frames.encode(_frames.EVENTS, {"events": [whole], "trace": small, "spans": [span_record(10)]}))
+    entries = {e.uuid: e for e in harness.buffer.begin()}
+    assert json.loads(entries[whole["uuid"]].data) == whole
+
+
 def test_discarding_counts_what_arrives(harness: Harness) -> None:
     harness.intake.discard = "events_no_api_key"
     harness.send(events_frame(make_event(), make_event()))
@@ -237,7 +288,7 @@ def test_connections_beyond_the_limit_are_refused_and_later_ones_accepted(harnes
             clients.append(client)
             client.connect(harness.path)  # blocking: waits while the backlog is full
             client.settimeout(TIMEOUT)
-            client.sendall(_frames.encode(_frames.START, {"request_id": "r", "trace_id": "t", "deadline_ms": 1}))
+            client.sendall(_frames.encode(_frames.START, start("r", "t", 1)))
         # The one over the limit is closed by the server (a reset: its frame was never read).
         try:
             refused = clients[-1].recv(1) == b""

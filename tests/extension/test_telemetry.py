@@ -15,18 +15,19 @@ from typing import Any
 import pytest
 
 from posthog_lambda import constants
-from posthog_lambda.local.capture import CaptureServer
+from posthog_lambda.local import CaptureServer
 from posthog_lambda_contract import frames as _frames
 from posthog_lambda_extension import _log, _telemetry
 from posthog_lambda_extension._api import ExtensionsApi
 from posthog_lambda_extension._buffer import Buffer
 from posthog_lambda_extension._drops import Drops
+from posthog_lambda_extension._intake import Intake
 from posthog_lambda_extension._invocations import Invocations
 from posthog_lambda_extension._loop import END_AFTER_DONE_S, START_GRACE_S, Extension
 from posthog_lambda_extension._settings import Settings
 from posthog_lambda_extension._telemetry import DEFAULT_PRICES, Telemetry
 from posthog_lambda_extension._traces import Traces
-from tests.extension import make_event
+from tests.extension import builder_problems, make_event, start
 
 SAM = {"AWS_SAM_LOCAL": "true"}  # binds 0.0.0.0: sandbox.localdomain resolves only in Lambda
 
@@ -99,7 +100,7 @@ def report(request_id: str, billed: int = 100, memory: int = 128, used: int = 60
     return {"time": "2026-01-01T00:00:00.000Z", "type": "platform.report", "record": record}
 
 
-# -- subscription and listener ---------------------------------------------------------------
+# -- subscription and receiver ---------------------------------------------------------------
 
 
 def test_the_subscription_asks_for_platform_records_with_the_smallest_delay() -> None:
@@ -134,7 +135,7 @@ def test_it_listens_on_a_free_port_and_subscribes_with_its_identifier(fake_lambd
         telemetry.close()
 
 
-def test_a_listener_that_cannot_bind_is_one_line_and_no_subscription(
+def test_a_receiver_that_cannot_bind_is_one_line_and_no_subscription(
     fake_lambda: FakeLambda, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(_telemetry, "SANDBOX_HOST", "no-such-host.invalid")
@@ -161,7 +162,7 @@ def test_a_refused_subscription_is_one_line(capsys: pytest.CaptureFixture[str]) 
     assert "400" in out[0]
 
 
-def test_garbage_posted_to_the_listener_is_answered_and_ignored(fake_lambda: FakeLambda) -> None:
+def test_garbage_posted_to_the_receiver_is_answered_and_ignored(fake_lambda: FakeLambda) -> None:
     invocations = Invocations()
     telemetry = Telemetry(invocations, Traces(), {})
     try:
@@ -213,10 +214,9 @@ def test_cost_is_gb_seconds_times_the_price_plus_the_request() -> None:
 # -- figures on traces -----------------------------------------------------------------------
 
 
-def buffered_trace(buffer: Buffer, traces: Traces, request_id: str, trace_id: str, **properties: Any) -> dict[str, Any]:
+def buffered_trace(intake: Intake, trace_id: str, **properties: Any) -> dict[str, Any]:
     event = make_event("$ai_trace", **{"$ai_trace_id": trace_id, **properties})
-    buffer.add(event["uuid"], "$ai_trace", json.dumps(event).encode())
-    traces.event(event)
+    intake.event(event)
     return event
 
 
@@ -226,18 +226,19 @@ def events_in(buffer: Buffer) -> dict[str, dict[str, Any]]:
     return {e.uuid: json.loads(e.data) for e in entries}
 
 
-def setup() -> tuple[Telemetry, Buffer]:
-    telemetry = Telemetry(Invocations(), Traces(), {})
+def setup() -> tuple[Telemetry, Intake]:
+    intake = Intake(Buffer(10_000_000, Drops()), Invocations(), Drops())
+    telemetry = Telemetry(intake.invocations, intake.traces, {})
     telemetry.arch = "x86_64"
-    return telemetry, Buffer(10_000_000, Drops())
+    return telemetry, intake
 
 
 def test_a_report_goes_on_its_buffered_trace_found_by_request_id() -> None:
-    telemetry, buffer = setup()
-    trace = buffered_trace(buffer, telemetry.traces, "r1", "t1", lambda_request_id="r1")
+    telemetry, intake = setup()
+    trace = buffered_trace(intake, "t1", lambda_request_id="r1")
     telemetry.receive([report("r1", billed=200, memory=256, used=70, init=150.25)])
-    assert telemetry.apply(buffer) == 1
-    (event,) = events_in(buffer).values()
+    assert telemetry.apply(intake) == 1
+    (event,) = events_in(intake.buffer).values()
     assert event["uuid"] == trace["uuid"]
     props = event["properties"]
     assert props["lambda_billed_duration_ms"] == 200
@@ -246,29 +247,33 @@ def test_a_report_goes_on_its_buffered_trace_found_by_request_id() -> None:
     assert props["lambda_max_memory_used_mb"] == 70
     assert props["lambda_init_duration_ms"] == 150.25
     assert props["lambda_cost_usd"] == pytest.approx(0.25 * 0.2 * 0.0000166667 + 0.0000002, rel=1e-12)
-    assert telemetry.apply(buffer) == 0  # each report once
+    assert telemetry.apply(intake) == 0  # each report once
 
 
 def test_a_trace_without_request_id_is_found_by_its_start_frame() -> None:
-    telemetry, buffer = setup()
-    telemetry.traces.start({"request_id": "r1", "trace_id": "t1", "deadline_ms": 0})
-    buffered_trace(buffer, telemetry.traces, "r1", "t1")
+    telemetry, intake = setup()
+    telemetry.traces.start(start("r1", "t1"))
+    buffered_trace(intake, "t1")
     telemetry.receive([report("r1")])
-    assert telemetry.apply(buffer) == 1
-    (event,) = events_in(buffer).values()
+    assert telemetry.apply(intake) == 1
+    (event,) = events_in(intake.buffer).values()
     assert "lambda_init_duration_ms" not in event["properties"]  # not a cold start
     assert event["properties"]["lambda_billed_duration_ms"] == 100
 
 
 def test_a_trace_already_sent_gets_one_linked_metric_per_figure() -> None:
-    telemetry, buffer = setup()
+    telemetry, intake = setup()
     trace = buffered_trace(
-        buffer, telemetry.traces, "r1", "t1", lambda_request_id="r1", **{"$process_person_profile": False}
+        intake,
+        "t1",
+        lambda_request_id="r1",
+        **{"$process_person_profile": False, "$ai_session_id": "chat-7", "$groups": {"company": "acme"}},
     )
+    buffer = intake.buffer
     sent = buffer.begin()
     buffer.ack(sent)  # delivered before its report came
     telemetry.receive([report("r1", init=80.0)])
-    assert telemetry.apply(buffer) == 1
+    assert telemetry.apply(intake) == 1
     metrics = list(events_in(buffer).values())
     names = {m["properties"]["$ai_metric_name"]: m for m in metrics}
     assert set(names) == {
@@ -283,28 +288,55 @@ def test_a_trace_already_sent_gets_one_linked_metric_per_figure() -> None:
         assert metric["event"] == "$ai_metric"
         assert metric["distinct_id"] == trace["distinct_id"]
         assert metric["properties"]["$ai_trace_id"] == "t1"
+        assert metric["properties"]["lambda_request_id"] == "r1"
         assert metric["properties"]["$process_person_profile"] is False
+        # Made by the one builder from the trace's header: its session and groups too.
+        assert metric["properties"]["$ai_session_id"] == "chat-7"
+        assert metric["properties"]["$groups"] == {"company": "acme"}
+        assert builder_problems(metric) == []
     assert names["lambda_billed_duration_ms"]["properties"]["$ai_metric_value"] == 100
     assert len({m["uuid"] for m in metrics}) == 6
 
 
-def test_a_trace_in_flight_is_not_edited_the_figures_go_as_metrics() -> None:
-    telemetry, buffer = setup()
-    trace = buffered_trace(buffer, telemetry.traces, "r1", "t1", lambda_request_id="r1")
-    held = buffer.begin()  # a flush is sending it right now
+def test_a_known_user_gets_a_person_profile_on_its_metrics() -> None:
+    telemetry, intake = setup()
+    buffered_trace(intake, "t1", lambda_request_id="r1")
+    intake.buffer.ack(intake.buffer.begin())
     telemetry.receive([report("r1")])
-    telemetry.apply(buffer)
-    buffer.end(held)
-    events = events_in(buffer)
+    telemetry.apply(intake)
+    metrics = list(events_in(intake.buffer).values())
+    assert len(metrics) == 5
+    assert all("$process_person_profile" not in m["properties"] for m in metrics)
+
+
+def test_metrics_are_taken_in_like_any_event_discarded_and_counted_when_nothing_is_sent() -> None:
+    telemetry, intake = setup()
+    buffered_trace(intake, "t1", lambda_request_id="r1")
+    intake.buffer.ack(intake.buffer.begin())
+    intake.discard = "events_api_key_refused"
+    telemetry.receive([report("r1")])
+    assert telemetry.apply(intake) == 1
+    assert len(intake.buffer) == 0
+    assert intake.drops.totals() == {"events_api_key_refused": 5}
+
+
+def test_a_trace_in_flight_is_not_edited_the_figures_go_as_metrics() -> None:
+    telemetry, intake = setup()
+    trace = buffered_trace(intake, "t1", lambda_request_id="r1")
+    held = intake.buffer.begin()  # a flush is sending it right now
+    telemetry.receive([report("r1")])
+    telemetry.apply(intake)
+    intake.buffer.end(held)
+    events = events_in(intake.buffer)
     assert "lambda_billed_duration_ms" not in events[trace["uuid"]]["properties"]
     assert sum(1 for e in events.values() if e["event"] == "$ai_metric") == 5
 
 
 def test_a_report_for_an_untraced_invocation_adds_nothing() -> None:
-    telemetry, buffer = setup()
+    telemetry, intake = setup()
     telemetry.receive([report("r9")])
-    assert telemetry.apply(buffer) == 0
-    assert len(buffer) == 0
+    assert telemetry.apply(intake) == 0
+    assert len(intake.buffer) == 0
 
 
 # -- the end of an invocation ----------------------------------------------------------------
@@ -373,7 +405,7 @@ def test_a_started_invocation_whose_process_died_ends_shortly_after_runtime_done
     tmp_path: Path, posthog: CaptureServer
 ) -> None:
     ext = extension(tmp_path, posthog)
-    ext.intake.frame(_frames.START, {"request_id": "r1", "trace_id": "t1", "deadline_ms": 0})
+    ext.intake.frame(_frames.START, start("r1", "t1"))
     ext.intake.frame(_frames.EVENTS, {"events": [make_event()]})
     ext.telemetry.receive([runtime_done("r1", "failure")])  # type: ignore[union-attr]
     started = time.monotonic()
@@ -387,7 +419,7 @@ def test_a_started_invocation_whose_process_died_ends_shortly_after_runtime_done
 def test_shutdown_waits_for_the_last_report_and_sends_its_figures(tmp_path: Path, posthog: CaptureServer) -> None:
     ext = extension(tmp_path, posthog)
     ext.telemetry.subscribed = True  # type: ignore[union-attr]
-    ext.intake.frame(_frames.START, {"request_id": "r1", "trace_id": "t1", "deadline_ms": 0})
+    ext.intake.frame(_frames.START, start("r1", "t1"))
     trace = make_event("$ai_trace", **{"$ai_trace_id": "t1", "lambda_request_id": "r1"})
     ext.intake.frame(_frames.EVENTS, {"events": [trace]})
     ext.intake.frame(_frames.END, {"request_id": "r1", "trace_id": "t1"})

@@ -12,7 +12,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from posthog_lambda.local._sandbox import link_distributions
+from posthog_lambda.local.emulator.sandbox import link_distributions
 from tests.e2e.conftest import Deployment, deployment, layer_dir, posthog  # noqa: F401  (fixtures)
 from tests.integrations.fake_llm import FakeLLM
 

@@ -22,8 +22,14 @@ from typing import Any
 import pytest
 
 from posthog_lambda.local import CaptureServer
-from posthog_lambda.local._tree import render_trace_tree
-from posthog_lambda.local.capture import AI_BATCH_PATH, BATCH_PATH, MAX_BODY_BYTES, MAX_EVENT_BYTES, ReceivedEvent
+from posthog_lambda.local.capture_server import (
+    AI_BATCH_PATH,
+    BATCH_PATH,
+    MAX_BODY_BYTES,
+    MAX_EVENT_BYTES,
+    ReceivedEvent,
+    render_trace_tree,
+)
 
 KEY = "phc_local"
 _ABSENT: Any = object()  # a field left out, as opposed to set to null
@@ -718,7 +724,7 @@ def test_posthog_python_sdk_ai_events_get_404_when_the_ai_endpoint_is_off() -> N
 
 def test_command_line_prints_requests_and_the_tree_on_ctrl_c() -> None:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    command = [sys.executable, "-m", "posthog_lambda.local.capture", "--port", "0", "--api-key", "phc_cli"]
+    command = [sys.executable, "-m", "posthog_lambda", "capture", "--port", "0", "--api-key", "phc_cli"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     # Bounds the test even if the server never prints or never stops.
     watchdog = threading.Timer(30, process.kill)

@@ -84,7 +84,9 @@ def test_sam_build_lays_out_the_layer(built: Path) -> None:
     private = layer / "posthog-lambda-extension"
     assert (private / "bootstrap.py").is_file()
     assert (private / "posthog_lambda_extension" / "__main__.py").is_file()
-    assert (private / "posthog_lambda" / "__init__.py").is_file()
+    assert (private / "posthog_lambda_contract" / "__init__.py").is_file()
+    assert (layer / "python" / "posthog_lambda_contract" / "__init__.py").is_file()
+    assert not (private / "posthog_lambda").exists()  # the extension takes only the contract
 
 
 def test_sam_build_runs_the_same_recipe_as_build_py(built: Path, tmp_path: Path) -> None:

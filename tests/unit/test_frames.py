@@ -10,12 +10,22 @@ from pathlib import Path
 import pytest
 
 from posthog_lambda_contract import frames as _frames
-from posthog_lambda_contract.frames import END, EVENTS, START, FrameError, Reader
+from posthog_lambda_contract import records
+from posthog_lambda_contract.events import DISTINCT_ID, TRACE_ID
+from posthog_lambda_contract.frames import END, EVENTS, OPEN, START, FrameError, Reader
+
+HEADER = {TRACE_ID: "t1", DISTINCT_ID: "user-1"}
+ROOT = ["$ai_trace", "handler", None, 1_700_000_000_000_000, records.RUNNING, None, None, None, None, 0]
+"""The running record of an announced trace: END_US is when it started."""
+RUNNING_SPAN = ["$ai_span", "tools", "t1", 1_700_000_000_100_000, records.RUNNING, "span-1", None, None, None, 0]
 
 
 def test_frames_round_trip_whatever_the_read_sizes() -> None:
+    start = {"request_id": "r1", "trace_id": "t1", "deadline_ms": 123, "trace": HEADER, "root": ROOT, "open": []}
+    opened = {"request_id": "r1", "trace_id": "t1", "open": [RUNNING_SPAN]}
     stream = (
-        _frames.encode(START, {"request_id": "r1", "trace_id": "t1", "deadline_ms": 123})
+        _frames.encode(START, start)
+        + _frames.encode(OPEN, opened)
         + _frames.encode_events([b'{"event":"$ai_span","distinct_id":"d","uuid":"u","properties":{}}'])
         + _frames.encode(END, {"request_id": "r1", "trace_id": "t1"})
     )
@@ -26,13 +36,15 @@ def test_frames_round_trip_whatever_the_read_sizes() -> None:
             got, errors = reader.feed(stream[i : i + chunk])
             assert errors == []
             frames += got
-        assert [kind for kind, _ in frames] == [START, EVENTS, END]
-        assert frames[1][1]["events"][0]["event"] == "$ai_span"
+        assert [kind for kind, _ in frames] == [START, OPEN, EVENTS, END]
+        assert frames[0][1] == start
+        assert frames[1][1] == opened
+        assert frames[2][1]["events"][0]["event"] == "$ai_span"
         assert reader.pending == 0
 
 
 def test_bad_payloads_are_rejected_and_the_stream_goes_on() -> None:
-    bad_json = _frames.HEADER.pack(b"PL", 1, EVENTS, 5) + b"{nope"
+    bad_json = _frames.HEADER.pack(b"PL", _frames.VERSION, EVENTS, 5) + b"{nope"
     wrong_shape = _frames.encode(START, {"request_id": "r"})
     good = _frames.encode(END, {"request_id": "r", "trace_id": "t"})
     frames, errors = Reader().feed(bad_json + wrong_shape + good)
@@ -43,12 +55,32 @@ def test_bad_payloads_are_rejected_and_the_stream_goes_on() -> None:
 
 
 @pytest.mark.parametrize(
+    ("kind", "payload", "problem"),
+    [
+        (START, {"request_id": "r", "trace_id": "t", "deadline_ms": 1}, "no trace header"),
+        (START, {"request_id": "r", "trace_id": "t", "deadline_ms": "1", "trace": HEADER}, "deadline_ms"),
+        (START, {"request_id": "r", "trace_id": "t", "deadline_ms": 1, "trace": HEADER, "root": {}}, "root"),
+        (START, {"request_id": "r", "trace_id": "t", "deadline_ms": 1, "trace": HEADER, "open": {}}, "open"),
+        (OPEN, {"request_id": "r", "trace_id": "t"}, "open"),
+    ],
+)
+def test_start_and_open_carry_a_header_and_records(kind: int, payload: dict[str, object], problem: str) -> None:
+    frames, errors = Reader().feed(_frames.encode(kind, payload))
+    assert frames == []
+    assert len(errors) == 1
+    assert problem in errors[0]
+
+
+V = bytes([_frames.VERSION])
+
+
+@pytest.mark.parametrize(
     ("header", "reason"),
     [
-        (b"XX\x01\x02\x00\x00\x00\x02", "magic"),
+        (b"XX" + V + b"\x02\x00\x00\x00\x02", "magic"),
         (b"PL\x09\x02\x00\x00\x00\x02", "version 9"),
-        (b"PL\x01\x63\x00\x00\x00\x02", "kind 99"),
-        (b"PL\x01\x02\xff\xff\xff\xff", "over"),
+        (b"PL" + V + b"\x63\x00\x00\x00\x02", "kind 99"),
+        (b"PL" + V + b"\x02\xff\xff\xff\xff", "over"),
     ],
 )
 def test_a_bad_header_breaks_the_stream(header: bytes, reason: str) -> None:

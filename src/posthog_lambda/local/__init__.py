@@ -3,24 +3,25 @@
 ``LambdaEnvironment`` is a faithful local Lambda execution environment (the real runtime
 interface client, real extension processes, the real lifecycle including freezing);
 ``CaptureServer`` is a local PostHog capture endpoint. Neither is imported by
-``import posthog_lambda``: they are for development and tests. Names load on first use, so
-``python -m posthog_lambda.local.capture`` runs its module only once.
+``import posthog_lambda``: they are for development and tests. Names load on first use, from
+the two packages that hold them: ``emulator`` (the Lambda environment) and ``capture_server``;
+``cli`` is the command line of both.
 """
 
 from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._environment import (
+    from .capture_server import CaptureServer
+    from .emulator import (
         ExtensionInit,
         ExtensionShutdown,
         InitResult,
         InvokeResult,
         LambdaEnvironment,
+        SandboxError,
         ShutdownResult,
     )
-    from ._sandbox import SandboxError
-    from .capture import CaptureServer
 
 __all__ = [
     "CaptureServer",
@@ -33,7 +34,7 @@ __all__ = [
     "ShutdownResult",
 ]
 
-_WHERE = {"CaptureServer": ".capture", "SandboxError": "._sandbox"}
+_WHERE = {"CaptureServer": ".capture_server"}
 
 
 def __getattr__(name: str) -> object:
@@ -41,6 +42,6 @@ def __getattr__(name: str) -> object:
         raise AttributeError(f"module 'posthog_lambda.local' has no attribute {name!r}")
     from importlib import import_module
 
-    value = getattr(import_module(_WHERE.get(name, "._environment"), __name__), name)
+    value = getattr(import_module(_WHERE.get(name, ".emulator"), __name__), name)
     globals()[name] = value
     return value

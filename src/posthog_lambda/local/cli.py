@@ -1,18 +1,29 @@
-"""``posthog-lambda local``: run a function (and a layer) in the local Lambda environment."""
+"""The command line of the local tools (``posthog-lambda local`` and ``posthog-lambda capture``).
+
+- ``local``: run a function (and a layer) in the local Lambda environment;
+- ``capture``: a local PostHog capture server in the foreground.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from ._environment import InvokeResult, LambdaEnvironment, ShutdownResult
-from ._sandbox import SandboxError
+from .capture_server import CaptureServer, ReceivedRequest
+from .capture_server.received import events_text
+from .emulator import InvokeResult, LambdaEnvironment, SandboxError, ShutdownResult
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from types import FrameType
+
+
+# -- posthog-lambda local ----------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,7 +75,8 @@ def _shutdown(result: ShutdownResult) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str]) -> int:
+def local(argv: Sequence[str]) -> int:
+    """Invoke a function in the local Lambda environment and print each result, then the shutdown."""
     options = _parser().parse_args(list(argv))
     event = json.loads(options.event.read_text()) if options.event else {}
     env = dict(item.split("=", 1) for item in options.env if "=" in item)
@@ -85,3 +97,70 @@ def main(argv: Sequence[str]) -> int:
         print(f"posthog-lambda local: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+# -- posthog-lambda capture --------------------------------------------------------------------
+
+
+def capture(argv: Sequence[str] | None = None) -> int:
+    """Run a capture server in the foreground until Ctrl-C, then print the trace tree."""
+    parser = argparse.ArgumentParser(
+        prog="posthog-lambda capture",
+        description="A local PostHog capture server. Ctrl-C prints what arrived as PostHog's trace view.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port (default: any free port)")
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", default="phc_local", help="the project key to accept (default phc_local)")
+    keys.add_argument("--any-key", action="store_true", help="accept any non-empty project key")
+    parser.add_argument("--no-ai-endpoint", action="store_true", help="answer 404 on /i/v0/ai/batch/, as older PostHog")
+    parser.add_argument("--verbose", action="store_true", help="also log every HTTP request to stderr")
+    args = parser.parse_args(argv)
+
+    server = CaptureServer(
+        args.host,
+        args.port,
+        api_key=None if args.any_key else args.api_key,
+        ai_endpoint=not args.no_ai_endpoint,
+        verbose=args.verbose,
+        on_request=_print_request,
+    )
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    key = "any key" if args.any_key else f"api key {args.api_key}"
+    ai = "off (404)" if args.no_ai_endpoint else "on"
+    # SIGTERM ends it like Ctrl-C, so a supervisor's stop still prints the tree.
+    previous = (
+        signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
+    )
+    # The banner is printed inside the try: a Ctrl-C right after it must still stop cleanly.
+    try:
+        print(f"PostHog capture server on {server.url} ({key}; AI endpoint {ai}). Ctrl-C to stop.", flush=True)
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    print(server.trace_tree(), flush=True)
+    return 0
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _print_request(request: ReceivedRequest) -> None:
+    when = request.received_at.astimezone().strftime("%H:%M:%S")
+    encoding = "gzip, " if request.gzip else ""
+    status = "no answer" if request.status is None else str(request.status)
+    line = f"{when} {request.method} {request.path} -> {status} {request.outcome}"
+    if request.outcome == "accepted":
+        line += f": {events_text(request.event_count)} ({encoding}{request.body_bytes} bytes)"
+    else:
+        line += f": {request.detail}"
+    print(line, flush=True)

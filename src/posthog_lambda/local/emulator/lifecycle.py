@@ -1,12 +1,12 @@
 """A local Lambda execution environment: the real runtime client, real extensions, real lifecycle.
 
 One HTTP server on 127.0.0.1 serves the Runtime API (2018-06-01), the Extensions API
-(2020-01-01) and the Telemetry API (2022-07-01) to the environment's processes, and this
-module drives them through Init, Invoke and Shutdown as Lambda does (see the project's
-reference on Lambda): extensions start in parallel and must all register before the runtime
-starts; Init ends when everyone waits in ``next``; INVOKE reaches extensions before the
-runtime gets the event; the invocation ends when the runtime and every extension are back in
-``next``; then every process is frozen with SIGSTOP until the next invoke or shutdown. A
+(2020-01-01) and the Telemetry API (2022-07-01) to the environment's processes (the routes are
+in ``routing``), and this module drives them through Init, Invoke and Shutdown as Lambda does
+(see the project's reference on Lambda): extensions start in parallel and must all register
+before the runtime starts; Init ends when everyone waits in ``next``; INVOKE reaches extensions
+before the runtime gets the event; the invocation ends when the runtime and every extension are
+back in ``next``; then every process is frozen with SIGSTOP until the next invoke or shutdown. A
 timeout, a runtime crash or an extension that exits resets the environment (SHUTDOWN with
 reason ``timeout``/``failure``, a new Init on the next invoke).
 """
@@ -19,28 +19,28 @@ import json
 import math
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 import uuid
 import weakref
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ._sandbox import (
+from .extensions import ExtensionsApi, epoch_ms_in, function_arn, invoke_event, new_trace_header, shutdown_event
+from .processes import ExtensionProcess, Process, RuntimeProcess
+from .results import ExtensionInit, ExtensionShutdown, InitResult, InvokeResult, ShutdownResult
+from .routing import ApiServer, ExtensionsRoutes, RuntimeRoutes, TelemetryRoutes, api_error, json_or_text
+from .sandbox import (
     Sandbox,
     extension_environment,
     python_path_for,
     runtime_directory,
     signal_group,
 )
-from ._telemetry import Telemetry, validate
+from .telemetry import Telemetry, validate
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import subprocess
     from collections.abc import Callable, Mapping, Sequence
     from types import TracebackType
     from typing import Any, Self
@@ -49,7 +49,6 @@ INIT_LIMIT_S = 10.0
 SHUTDOWN_LIMIT_S = 2.0
 RUNTIME_SHUTDOWN_S = 0.3
 """Of the shutdown budget, what the runtime gets after SIGTERM before SIGKILL."""
-ACCOUNT_ID = "123456789012"
 TELEMETRY_MODES = ("on", "refused", "unreachable")
 """``telemetry_api=``: subscriptions work; are refused (400, as where the API is missing, e.g.
 ``sam local``); or are accepted but nothing is ever delivered to the listener."""
@@ -57,98 +56,6 @@ TELEMETRY_MODES = ("on", "refused", "unreachable")
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
-
-
-@dataclass
-class ExtensionInit:
-    name: str
-    register_ms: float | None
-    """From the extension's start to its register call."""
-    first_next_ms: float | None
-    """From the extension's start to its first ``next`` call."""
-
-
-@dataclass
-class InitResult:
-    duration_ms: float
-    extensions: list[ExtensionInit]
-    error: str | None = None
-
-
-@dataclass
-class InvokeResult:
-    request_id: str
-    status: str
-    """success, error (the handler raised), timeout, failure (runtime crash, Init or extension failure)."""
-    payload: Any = None
-    """The handler's response, decoded from JSON when it is JSON."""
-    error: dict[str, Any] | None = None
-    response_latency_ms: float | None = None
-    """From the invoke to the runtime posting its response: what the caller waits."""
-    post_runtime_ms: float | None = None
-    """From the response to the last extension's ``next``: billed time the caller does not wait."""
-    duration_ms: float = 0.0
-    billed_duration_ms: int = 0
-    max_memory_used_mb: int = 0
-    init: InitResult | None = None
-    """Set when this invoke had to initialize the environment first."""
-    logs: list[str] = field(default_factory=list)
-
-
-@dataclass
-class ExtensionShutdown:
-    name: str
-    exit_ms: float | None
-    """From the SHUTDOWN event to the process's exit; None if it had to be killed."""
-    killed: bool
-
-
-@dataclass
-class ShutdownResult:
-    reason: str
-    deadline_ms: float
-    extensions: list[ExtensionShutdown]
-
-
-class _Process:
-    def __init__(self, name: str, process: subprocess.Popen[bytes]) -> None:
-        self.name = name
-        self.process = process
-        self.started = time.monotonic()
-        self.exited: float | None = None
-
-
-class _Extension(_Process):
-    def __init__(self, name: str, process: subprocess.Popen[bytes]) -> None:
-        super().__init__(name, process)
-        self.id: str | None = None
-        self.events: frozenset[str] = frozenset()
-        self.registered: float | None = None
-        self.first_next: float | None = None
-        self.last_next: float | None = None
-        self.waiting = False
-        self.queue: list[dict[str, Any]] = []
-        self.delivered = 0
-        self.handed_at = 0.0
-        """When its last event left the queue: a next call after that means it is done with it."""
-        self.error: str | None = None
-
-    def done_with_invoke(self) -> bool:
-        """Back in ``next`` since it was handed the last INVOKE (or never subscribed to it)."""
-        return self.waiting and ("INVOKE" not in self.events or (self.last_next or 0.0) > self.handed_at)
-
-
-class _Runtime(_Process):
-    def __init__(self, name: str, process: subprocess.Popen[bytes]) -> None:
-        super().__init__(name, process)
-        self.waiting = False
-        self.next_at: float | None = None
-        self.queue: list[tuple[str, bytes, dict[str, str]]] = []
-        self.init_error: dict[str, Any] | None = None
-        self.request_id: str | None = None
-        self.response: bytes | None = None
-        self.error: dict[str, Any] | None = None
-        self.responded: float | None = None
 
 
 class LambdaEnvironment:
@@ -199,14 +106,21 @@ class LambdaEnvironment:
         """(monotonic time, who, what) for each event handed out and each freeze and thaw."""
         self._cond = threading.Condition()
         self._phase = "down"
-        self._runtime: _Runtime | None = None
-        self._extensions: list[_Extension] = []
+        self._runtime: RuntimeProcess | None = None
+        self._extensions: list[ExtensionProcess] = []
+        self._extensions_api = ExtensionsApi(
+            function_name=function_name,
+            handler=handler,
+            region=region,
+            condition=self._cond,
+            in_init=lambda: self._phase == "init",
+            note=self.note,
+        )
         self._running = threading.Event()
         self._telemetry = Telemetry(self._running)
         self._request_logs: list[str] | None = None
         self._sandbox: Sandbox | None = None
-        self._server: ThreadingHTTPServer | None = None
-        self._server_thread: threading.Thread | None = None
+        self._server: ApiServer | None = None
         self._frozen = False
         self._init_started = 0.0
         self._init_duration_ms: float | None = None
@@ -227,9 +141,12 @@ class LambdaEnvironment:
         _live.add(self)
         self._sandbox = Sandbox(self.layer_dir, exposed=[self.function_dir, *self.share])
         self._runtime_dir = runtime_directory(Path(self._sandbox.hosts_file).parent / "runtime")
-        self._server = _QuietServer(("127.0.0.1", 0), _handler_for(self))
-        self._server_thread = threading.Thread(target=self._server.serve_forever, name="lambda-api", daemon=True)
-        self._server_thread.start()
+        routes = (
+            RuntimeRoutes(self).table(),
+            ExtensionsRoutes(self._extensions_api).table(),
+            TelemetryRoutes(self).table(),
+        )
+        self._server = ApiServer(*routes).start("lambda-api")
 
     @property
     def tmp_dir(self) -> Path:
@@ -241,7 +158,7 @@ class LambdaEnvironment:
     @property
     def runtime_api(self) -> str:
         assert self._server is not None, "start() the environment first"
-        return f"127.0.0.1:{self._server.server_address[1]}"
+        return self._server.address
 
     def close(self) -> None:
         """Shut the environment down (SHUTDOWN, spindown) if it is up, then stop everything."""
@@ -252,8 +169,7 @@ class LambdaEnvironment:
         finally:
             self._kill_everything()
             if self._server is not None:
-                self._server.shutdown()
-                self._server.server_close()
+                self._server.close()
                 self._server = None
             if self._sandbox is not None:
                 self._sandbox.close()
@@ -299,6 +215,7 @@ class LambdaEnvironment:
             self._phase = "init"
             self._init_started = time.monotonic()
             self._extensions = []
+            self._extensions_api.clear()
             self._runtime = None
         self._telemetry = Telemetry(self._running)
         self._running.set()
@@ -308,14 +225,15 @@ class LambdaEnvironment:
         for path in self._extension_files():
             # Inside the sandbox the layer is /opt: start extensions where Lambda starts them.
             process = self._sandbox.start([f"/opt/extensions/{path.name}"], ext_env, cwd="/")
-            extension = _Extension(path.name, process)
+            extension = ExtensionProcess(path.name, process)
             with self._cond:
                 self._extensions.append(extension)
+                self._extensions_api.add(extension)
             self._watch(extension, f"extension {path.name}")
         error = self._wait(lambda: all(e.registered for e in self._extensions), deadline, "extensions to register")
         if error is None:
             command = [sys.executable, "-S", "-m", "awslambdaric", self.handler]
-            runtime = _Runtime("runtime", self._sandbox.start(command, function_env, cwd=self.function_dir))
+            runtime = RuntimeProcess("runtime", self._sandbox.start(command, function_env, cwd=self.function_dir))
             with self._cond:
                 self._runtime = runtime
             self._watch(runtime, "function")
@@ -383,9 +301,9 @@ class LambdaEnvironment:
         timeout = self.timeout_s if timeout_s is None else timeout_s
         started = time.monotonic()
         deadline = started + timeout
-        deadline_ms = int((time.time() + timeout) * 1000)
-        arn = f"arn:aws:lambda:{self.region}:{ACCOUNT_ID}:function:{self.function_name}"
-        trace_header = f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]};Parent={uuid.uuid4().hex[:16]};Sampled=1"
+        deadline_ms = epoch_ms_in(timeout)
+        arn = function_arn(self.region, self.function_name)
+        trace_header = new_trace_header()
         logs: list[str] = []
         runtime = self._runtime
         assert runtime is not None
@@ -396,19 +314,8 @@ class LambdaEnvironment:
             runtime.response = None
             runtime.error = None
             runtime.responded = None
-            subscribed = [e for e in self._extensions if "INVOKE" in e.events]
+            subscribed = self._extensions_api.hand(invoke_event(request_id, deadline_ms, arn, trace_header))
             expected = {id(e): e.delivered + 1 for e in subscribed}
-            for extension in subscribed:
-                extension.queue.append(
-                    {
-                        "eventType": "INVOKE",
-                        "deadlineMs": deadline_ms,
-                        "requestId": request_id,
-                        "invokedFunctionArn": arn,
-                        "tracing": {"type": "X-Amzn-Trace-Id", "value": trace_header},
-                    }
-                )
-            self._cond.notify_all()
         # Extensions have the INVOKE event in hand before the runtime gets the invocation.
         failure = self._wait(lambda: all(e.delivered >= expected[id(e)] for e in subscribed), deadline, "INVOKE")
         self._telemetry.emit("platform.start", {"requestId": request_id, "version": "$LATEST"})
@@ -432,7 +339,7 @@ class LambdaEnvironment:
             result.status = "error"
             result.error = runtime.error
         else:
-            result.payload = _decode(runtime.response or b"")
+            result.payload = json_or_text(runtime.response or b"")
         failure = self._wait(lambda: runtime.waiting, deadline, "the runtime to finish")
         if failure is not None:
             return self._fail(result, failure, started, timeout)
@@ -497,7 +404,7 @@ class LambdaEnvironment:
 
     # -- freezing -----------------------------------------------------------------------------
 
-    def _processes(self) -> list[_Process]:
+    def _processes(self) -> list[Process]:
         with self._cond:
             return [p for p in [self._runtime, *self._extensions] if p is not None and p.exited is None]
 
@@ -534,15 +441,11 @@ class LambdaEnvironment:
         self._telemetry.drain(timeout=0.5)
         started = time.monotonic()
         deadline = started + SHUTDOWN_LIMIT_S
-        deadline_ms = int((time.time() + SHUTDOWN_LIMIT_S) * 1000)
+        deadline_ms = epoch_ms_in(SHUTDOWN_LIMIT_S)
         with self._cond:
             self._phase = "shutdown"
-            for extension in self._extensions:
-                if "SHUTDOWN" in extension.events and extension.exited is None:
-                    extension.queue.append(
-                        {"eventType": "SHUTDOWN", "shutdownReason": reason, "deadlineMs": deadline_ms}
-                    )
-            self._cond.notify_all()
+            running = [e for e in self._extensions if e.exited is None]
+            self._extensions_api.hand(shutdown_event(reason, deadline_ms), running)
             runtime = self._runtime
             registered = any(e.id for e in self._extensions)
         if runtime is not None and runtime.exited is None:
@@ -567,7 +470,7 @@ class LambdaEnvironment:
         self.shutdowns.append(result)
         return result
 
-    def _wait_exit(self, process: _Process, deadline: float) -> None:
+    def _wait_exit(self, process: Process, deadline: float) -> None:
         with self._cond:
             while process.exited is None:
                 left = deadline - time.monotonic()
@@ -583,8 +486,7 @@ class LambdaEnvironment:
         with self._cond:
             processes = [p for p in [self._runtime, *self._extensions] if p is not None]
             self._phase = "down"
-            for extension in self._extensions:
-                extension.queue.append({"eventType": "_GONE"})
+            self._extensions_api.release()
             if self._runtime is not None:
                 self._runtime.queue.append(("", b"", {}))
             self._cond.notify_all()
@@ -600,8 +502,8 @@ class LambdaEnvironment:
 
     # -- process output and exits -------------------------------------------------------------
 
-    def _watch(self, process: _Process, source: str) -> None:
-        kind = "function" if isinstance(process, _Runtime) else "extension"
+    def _watch(self, process: Process, source: str) -> None:
+        kind = "function" if isinstance(process, RuntimeProcess) else "extension"
 
         def read() -> None:
             stream = process.process.stdout
@@ -629,96 +531,29 @@ class LambdaEnvironment:
         if self.echo_logs is not None:
             self.echo_logs(text)
 
-    # -- API handlers (called from the HTTP server's threads) ----------------------------------
-
-    def _register(self, name: str, body: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
-        with self._cond:
-            if self._phase != "init":
-                return 403, _err("Extension.RegistrationNotAllowed", "extensions register during Init only"), {}
-            candidates = [e for e in self._extensions if e.name == name and e.id is None]
-            if not candidates:
-                message = f"no extension named {name!r} in /opt/extensions is waiting to register"
-                return 403, _err("Extension.InvalidExtensionName", message), {}
-            events = body.get("events") if isinstance(body, dict) else None
-            if not isinstance(events, list) or not set(events) <= {"INVOKE", "SHUTDOWN"}:
-                return 400, _err("InvalidRequest", "events must be a list of INVOKE and SHUTDOWN"), {}
-            extension = candidates[0]
-            extension.id = str(uuid.uuid4())
-            extension.events = frozenset(events)
-            extension.registered = time.monotonic()
-            self._cond.notify_all()
-            identity = {"Lambda-Extension-Identifier": extension.id}
-        payload = {
-            "functionName": self.function_name,
-            "functionVersion": "$LATEST",
-            "handler": self.handler,
-            "accountId": ACCOUNT_ID,
-        }
-        return 200, payload, identity
-
-    def _extension(self, identifier: str | None) -> _Extension | None:
-        return next((e for e in self._extensions if identifier and e.id == identifier), None)
-
-    def _extension_next(self, identifier: str | None) -> dict[str, Any] | None:
-        with self._cond:
-            extension = self._extension(identifier)
-            if extension is None:
-                return None
-            now = time.monotonic()
-            extension.waiting = True
-            extension.last_next = now
-            if extension.first_next is None:
-                extension.first_next = now
-            self._cond.notify_all()
-            while not extension.queue:
-                self._cond.wait()
-            event = extension.queue.pop(0)
-            extension.waiting = False
-            # Before the answer is written: its next call can be served by another thread
-            # before this one finishes writing.
-            extension.handed_at = time.monotonic()
-            return event
+    # -- the Runtime and Telemetry APIs' calls (from the HTTP server's threads, see routing) -------
 
     def note(self, who: str, what: str) -> None:
         with self._cond:
             self.timeline.append((time.monotonic(), who, what))
 
-    def _delivered(self, identifier: str | None, event: dict[str, Any]) -> None:
+    def telemetry_subscribe(self, identifier: str | None, body: Any) -> tuple[int, dict[str, Any] | str]:
         with self._cond:
-            extension = self._extension(identifier)
-            if extension is not None:
-                self.timeline.append(
-                    (time.monotonic(), extension.name, f"{event['eventType']} {event.get('requestId', '')}".strip())
-                )
-                extension.delivered += 1
-                self._cond.notify_all()
-
-    def _extension_error(self, identifier: str | None, kind: str, error_type: str, body: bytes) -> bool:
-        with self._cond:
-            extension = self._extension(identifier)
+            extension = self._extensions_api.find(identifier)
             if extension is None:
-                return False
-            extension.error = f"{kind} {error_type}: {body.decode('utf-8', 'replace')[:500]}"
-            self._cond.notify_all()
-            return True
-
-    def _subscribe(self, identifier: str | None, body: Any) -> tuple[int, dict[str, Any] | str]:
-        with self._cond:
-            extension = self._extension(identifier)
-            if extension is None:
-                return 403, _err("Extension.InvalidExtensionIdentifier", "register first")
+                return 403, api_error("Extension.InvalidExtensionIdentifier", "register first")
             if self._phase != "init":
-                return 400, _err("ValidationError", "Telemetry API subscriptions are accepted during Init only")
+                return 400, api_error("ValidationError", "Telemetry API subscriptions are accepted during Init only")
         if self.telemetry_api == "refused":
-            return 400, _err("ValidationError", "the Telemetry API is not available in this environment")
+            return 400, api_error("ValidationError", "the Telemetry API is not available in this environment")
         problem = validate(body)
         if problem is not None:
-            return 400, _err("ValidationError", problem)
+            return 400, api_error("ValidationError", problem)
         if self.telemetry_api == "on":
             self._telemetry.subscribe(extension.name, body)
         return 200, "OK"
 
-    def _runtime_next(self) -> tuple[bytes, dict[str, str]]:
+    def runtime_next(self) -> tuple[bytes, dict[str, str]]:
         with self._cond:
             runtime = self._runtime
             if runtime is None:
@@ -732,7 +567,7 @@ class LambdaEnvironment:
             runtime.waiting = False
             return body, headers
 
-    def _runtime_result(self, request_id: str, body: bytes, error_type: str | None) -> bool:
+    def runtime_result(self, request_id: str, body: bytes, error_type: str | None) -> bool:
         with self._cond:
             runtime = self._runtime
             if runtime is None or runtime.request_id != request_id or runtime.responded is not None:
@@ -741,29 +576,20 @@ class LambdaEnvironment:
             if error_type is None:
                 runtime.response = body
             else:
-                decoded = _decode(body)
+                decoded = json_or_text(body)
                 runtime.error = decoded if isinstance(decoded, dict) else {"errorMessage": str(decoded)}
                 runtime.error.setdefault("errorType", error_type)
             self._cond.notify_all()
             return True
 
-    def _runtime_init_error(self, body: bytes, error_type: str) -> None:
+    def runtime_init_error(self, body: bytes, error_type: str) -> None:
         with self._cond:
             if self._runtime is not None:
-                decoded = _decode(body)
+                decoded = json_or_text(body)
                 error = decoded if isinstance(decoded, dict) else {"errorMessage": str(decoded)}
                 error.setdefault("errorType", error_type)
                 self._runtime.init_error = error
                 self._cond.notify_all()
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A process killed mid-request (timeout, reset, shutdown) is part of the lifecycle.
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            super().handle_error(request, client_address)
 
 
 _live: weakref.WeakSet[LambdaEnvironment] = weakref.WeakSet()
@@ -774,120 +600,3 @@ def _kill_leftovers() -> None:
     # An environment its user never closed must not outlive the interpreter (frozen, at that).
     for env in list(_live):
         env._kill_everything()
-
-
-def _err(error_type: str, message: str) -> dict[str, Any]:
-    return {"errorType": error_type, "errorMessage": message}
-
-
-def _decode(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return body.decode("utf-8", "replace")
-
-
-def _handler_for(env: LambdaEnvironment) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def setup(self) -> None:
-            super().setup()
-            # Headers and body go out in separate writes: without this, Nagle's algorithm and
-            # delayed ACKs add ~40 ms to every exchange with the runtime client.
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _body(self) -> bytes:
-            length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else b""
-
-        def _send(self, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> None:
-            if isinstance(payload, bytes):
-                body = payload
-            elif isinstance(payload, str):
-                body = payload.encode()
-            else:
-                body = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(body)
-            self.wfile.flush()
-
-        def do_GET(self) -> None:
-            path = self.path.split("?")[0]
-            if path == "/2020-01-01/extension/event/next":
-                identifier = self.headers.get("Lambda-Extension-Identifier")
-                event = env._extension_next(identifier)
-                if event is None:
-                    self._send(403, _err("Extension.InvalidExtensionIdentifier", "unknown extension id"))
-                elif event.get("eventType") == "_GONE":
-                    self.close_connection = True
-                    self._send(500, _err("Environment.Gone", "the environment was shut down"))
-                else:
-                    self._send(200, event, {"Lambda-Extension-Event-Identifier": str(uuid.uuid4())})
-                    env._delivered(identifier, event)
-            elif path == "/2018-06-01/runtime/invocation/next":
-                body, headers = env._runtime_next()
-                if not headers:
-                    self.close_connection = True
-                    self._send(500, _err("Environment.Gone", "the environment was shut down"))
-                else:
-                    self._send(200, body, headers)
-                    env.note("runtime", f"invocation {headers['Lambda-Runtime-Aws-Request-Id']}")
-            else:
-                self._send(404, _err("NotFound", f"no GET {path}"))
-
-        def do_POST(self) -> None:
-            path = self.path.split("?")[0]
-            body = self._body()
-            parts = path.strip("/").split("/")
-            if path == "/2020-01-01/extension/register":
-                status, payload, headers = env._register(self.headers.get("Lambda-Extension-Name", ""), _decode(body))
-                self._send(status, payload, headers)
-            elif path in ("/2020-01-01/extension/init/error", "/2020-01-01/extension/exit/error"):
-                kind = parts[2]
-                error_type = self.headers.get("Lambda-Extension-Function-Error-Type", "Unknown")
-                identifier = self.headers.get("Lambda-Extension-Identifier")
-                if env._extension_error(identifier, kind, error_type, body):
-                    self._send(202, {"status": "OK"})
-                else:
-                    self._send(403, _err("Extension.InvalidExtensionIdentifier", "unknown extension id"))
-            elif (
-                len(parts) == 5
-                and parts[:3] == ["2018-06-01", "runtime", "invocation"]
-                and parts[4]
-                in (
-                    "response",
-                    "error",
-                )
-            ):
-                error_type = None
-                if parts[4] == "error":
-                    error_type = self.headers.get("Lambda-Runtime-Function-Error-Type", "Unhandled")
-                if env._runtime_result(parts[3], body, error_type):
-                    self._send(202, {"status": "OK"})
-                else:
-                    self._send(400, _err("InvalidRequestID", f"no invocation {parts[3]} waiting for a result"))
-            elif path == "/2018-06-01/runtime/init/error":
-                env._runtime_init_error(body, self.headers.get("Lambda-Runtime-Function-Error-Type", "Unknown"))
-                self._send(202, {"status": "OK"})
-            else:
-                self._send(404, _err("NotFound", f"no POST {path}"))
-
-        def do_PUT(self) -> None:
-            path = self.path.split("?")[0]
-            body = self._body()
-            if path in ("/2022-07-01/telemetry", "/2020-08-15/logs"):
-                status, payload = env._subscribe(self.headers.get("Lambda-Extension-Identifier"), _decode(body))
-                self._send(status, payload)
-            else:
-                self._send(404, _err("NotFound", f"no PUT {path}"))
-
-    return Handler

@@ -13,7 +13,7 @@ import threading
 import time
 import urllib.parse
 
-from ._sandbox import SANDBOX_HOST
+from .sandbox import SANDBOX_HOST
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
