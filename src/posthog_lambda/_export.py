@@ -19,17 +19,17 @@ if TYPE_CHECKING:
     Record: TypeAlias = tuple[Any, ...]
     Item: TypeAlias = Record | Event
     """What an exporter is handed: a span's record or another event."""
+    Items: TypeAlias = Sequence[Item]
+    Header: TypeAlias = dict[str, Any]
+    """A trace's header (``posthog_lambda_contract.events``' keys)."""
+    Running: TypeAlias = "Announcement | None"
 
     class Exporter(Protocol):
         streams: bool
         """Whether it takes finished spans while the handler still runs (and announcements)."""
 
         def export(
-            self,
-            header: dict[str, Any] | None,
-            items: Sequence[Item],
-            ended: Ended | None = None,
-            running: Announcement | None = None,
+            self, header: Header | None, items: Items, ended: Ended | None = None, running: Running = None
         ) -> None:
             """Send ``items`` (records made with ``header``, or events); in the same write, say
             that the handler is done (``ended``) or still running (``running``). May raise."""

@@ -11,10 +11,7 @@ from . import _config
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-    from typing import Any
-
-    from ._export import Announcement, Ended, Item
+    from ._export import Ended, Header, Items, Running
     from ._types import Event, Sink
 
 
@@ -27,13 +24,7 @@ class SinkExporter:
     def __repr__(self) -> str:
         return f"SinkExporter({self.sink!r})"
 
-    def export(
-        self,
-        header: dict[str, Any] | None,
-        items: Sequence[Item],
-        ended: Ended | None = None,
-        running: Announcement | None = None,
-    ) -> None:
+    def export(self, header: Header | None, items: Items, ended: Ended | None = None, running: Running = None) -> None:
         if header is not None:
             max_event_bytes = header[MAX_EVENT_BYTES]
         else:

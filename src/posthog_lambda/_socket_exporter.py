@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
-    from ._export import Announcement, Ended, Item, Record
+    from ._export import Announcement, Ended, Header, Item, Items, Record, Running
     from ._types import Event
 
 WRITE_BUDGET_S = 0.05
@@ -48,13 +48,7 @@ class SocketExporter:
     def __repr__(self) -> str:
         return f"SocketExporter({self.path!r})"
 
-    def export(
-        self,
-        header: dict[str, Any] | None,
-        items: Sequence[Item],
-        ended: Ended | None = None,
-        running: Announcement | None = None,
-    ) -> None:
+    def export(self, header: Header | None, items: Items, ended: Ended | None = None, running: Running = None) -> None:
         """A trace's finished spans (as records, with its header) and events, in one write with
         its invocation's END (``ended``) or START/OPEN (``running``)."""
         head = self._running_frame(header or {}, running) if running is not None else b""

@@ -17,7 +17,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import cast
+from typing import Any, ClassVar, cast
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -107,28 +107,38 @@ def _route_path(path: str) -> str:
     return path
 
 
-class ExtensionsRoutes:
-    """The Extensions API's routes, served by an :class:`ExtensionsApi`."""
+class _RouteSet:
+    """One API's routes: ``ROUTES`` maps (method, path pattern) to the name of the method that
+    answers it; ``owner`` is what those methods act on."""
 
-    def __init__(self, api: ExtensionsApi) -> None:
-        self.api = api
+    ROUTES: ClassVar[dict[tuple[str, str], str]] = {}
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
 
     def table(self) -> Routes:
-        return {
-            ("POST", EXTENSION_REGISTER): self.register,
-            ("GET", EXTENSION_NEXT): self.next_event,
-            ("POST", EXTENSION_INIT_ERROR): self.report_error,
-            ("POST", EXTENSION_EXIT_ERROR): self.report_error,
-        }
+        return {key: getattr(self, name) for key, name in self.ROUTES.items()}
+
+
+class ExtensionsRoutes(_RouteSet):
+    """The Extensions API's routes, served by an :class:`ExtensionsApi`."""
+
+    owner: ExtensionsApi
+    ROUTES: ClassVar[dict[tuple[str, str], str]] = {
+        ("POST", EXTENSION_REGISTER): "register",
+        ("GET", EXTENSION_NEXT): "next_event",
+        ("POST", EXTENSION_INIT_ERROR): "report_error",
+        ("POST", EXTENSION_EXIT_ERROR): "report_error",
+    }
 
     def register(self, request: Request) -> Answer:
         name = request.headers.get("Lambda-Extension-Name", "")
-        status, payload, headers = self.api.register(name, json_or_text(request.body))
+        status, payload, headers = self.owner.register(name, json_or_text(request.body))
         return Answer(status, payload, headers)
 
     def next_event(self, request: Request) -> Answer:
         identifier = request.extension_id
-        event = self.api.next_event(identifier)
+        event = self.owner.next_event(identifier)
         if event is None:
             return Answer(403, api_error("Extension.InvalidExtensionIdentifier", "unknown extension id"))
         if event.get("eventType") == GONE_EVENT_TYPE:
@@ -137,63 +147,62 @@ class ExtensionsRoutes:
             200,
             event,
             {"Lambda-Extension-Event-Identifier": str(uuid.uuid4())},
-            then=lambda: self.api.delivered(identifier, event),
+            then=lambda: self.owner.delivered(identifier, event),
         )
 
     def report_error(self, request: Request) -> Answer:
         kind = request.parts[2]
         error_type = request.headers.get("Lambda-Extension-Function-Error-Type", "Unknown")
-        if self.api.report_error(request.extension_id, kind, error_type, request.body):
+        if self.owner.report_error(request.extension_id, kind, error_type, request.body):
             return _accepted()
         return Answer(403, api_error("Extension.InvalidExtensionIdentifier", "unknown extension id"))
 
 
-class RuntimeRoutes:
+class RuntimeRoutes(_RouteSet):
     """The Runtime API's routes, served by the environment."""
 
-    def __init__(self, env: LambdaEnvironment) -> None:
-        self.env = env
-
-    def table(self) -> Routes:
-        return {
-            ("GET", RUNTIME_NEXT): self.next_invocation,
-            ("POST", RUNTIME_RESPONSE): self.result,
-            ("POST", RUNTIME_ERROR): self.result,
-            ("POST", RUNTIME_INIT_ERROR): self.init_error,
-        }
+    owner: LambdaEnvironment
+    ROUTES: ClassVar[dict[tuple[str, str], str]] = {
+        ("GET", RUNTIME_NEXT): "next_invocation",
+        ("POST", RUNTIME_RESPONSE): "result",
+        ("POST", RUNTIME_ERROR): "result",
+        ("POST", RUNTIME_INIT_ERROR): "init_error",
+    }
 
     def next_invocation(self, request: Request) -> Answer:
-        body, headers = self.env.runtime_next()
+        body, headers = self.owner.runtime_next()
         if not headers:
             return _gone()
         request_id = headers["Lambda-Runtime-Aws-Request-Id"]
-        return Answer(200, body, headers, then=lambda: self.env.note("runtime", f"invocation {request_id}"))
+        return Answer(200, body, headers, then=lambda: self.owner.note("runtime", f"invocation {request_id}"))
 
     def result(self, request: Request) -> Answer:
         parts = request.parts
         error_type = None
         if parts[4] == "error":
             error_type = request.headers.get("Lambda-Runtime-Function-Error-Type", "Unhandled")
-        if self.env.runtime_result(parts[3], request.body, error_type):
+        if self.owner.runtime_result(parts[3], request.body, error_type):
             return _accepted()
         return Answer(400, api_error("InvalidRequestID", f"no invocation {parts[3]} waiting for a result"))
 
     def init_error(self, request: Request) -> Answer:
-        self.env.runtime_init_error(request.body, request.headers.get("Lambda-Runtime-Function-Error-Type", "Unknown"))
+        self.owner.runtime_init_error(
+            request.body, request.headers.get("Lambda-Runtime-Function-Error-Type", "Unknown")
+        )
         return _accepted()
 
 
-class TelemetryRoutes:
+class TelemetryRoutes(_RouteSet):
     """The Telemetry API's subscription route (and the older Logs API's), served by the environment."""
 
-    def __init__(self, env: LambdaEnvironment) -> None:
-        self.env = env
-
-    def table(self) -> Routes:
-        return {("PUT", TELEMETRY_SUBSCRIBE): self.subscribe, ("PUT", LOGS_SUBSCRIBE): self.subscribe}
+    owner: LambdaEnvironment
+    ROUTES: ClassVar[dict[tuple[str, str], str]] = {
+        ("PUT", TELEMETRY_SUBSCRIBE): "subscribe",
+        ("PUT", LOGS_SUBSCRIBE): "subscribe",
+    }
 
     def subscribe(self, request: Request) -> Answer:
-        status, payload = self.env.telemetry_subscribe(request.extension_id, json_or_text(request.body))
+        status, payload = self.owner.telemetry_subscribe(request.extension_id, json_or_text(request.body))
         return Answer(status, payload)
 
 
