@@ -8,8 +8,14 @@ in a secret store is only named here; ``_secrets`` reads it once the extension h
 from __future__ import annotations
 
 from posthog_lambda_contract import environment
-from posthog_lambda_contract.environment import DEFAULT_HOST, parse_flag, parse_host, parse_int
-from posthog_lambda_contract.frames import DEFAULT_SOCKET, DEFAULT_SPOOL
+from posthog_lambda_contract.environment import (
+    DEFAULT_HOST,
+    DEFAULT_SOCKET,
+    DEFAULT_SPOOL,
+    parse_flag,
+    parse_host,
+    parse_int,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

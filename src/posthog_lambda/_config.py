@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from posthog_lambda_contract import environment as constants
-from posthog_lambda_contract.frames import DEFAULT_SOCKET, DEFAULT_SPOOL
+from posthog_lambda_contract.environment import DEFAULT_SOCKET, DEFAULT_SPOOL
 from posthog_lambda_contract.limits import AI_EVENT_LIMIT, BATCH_EVENT_LIMIT, MIN_EVENT_LIMIT, clamp, limit_for
 
 from ._jsonable import DEFAULT_REDACT_KEYS, redact_key_set

@@ -23,7 +23,6 @@ from __future__ import annotations
 import time
 from _thread import allocate_lock, start_new_thread
 
-from . import _destination
 from ._drops import record_drop
 from ._export import Announcement, Ended
 from ._log import logger
@@ -198,22 +197,29 @@ class Batch:
     ) -> None:
         """Hand ``waiting`` to the current exporter as records and events. Never raises."""
         try:
+            from ._destination import exporter
+
             items: list[Any] = [item if type(item) is dict else item._record() for item in waiting]  # type: ignore[union-attr]
-            _destination.exporter().export(self.trace.header(), items, ended, running)
+            exporter().export(self.trace.header(), items, ended, running)
         except Exception as exc:
             record_drop("sink_error", len(waiting), f"{type(exc).__name__}: {exc}")
 
 
 def begin(trace: Trace, detached: bool) -> Batch:
     """The batch of a trace that starts now: streaming if the exporter takes hand-offs."""
-    return Batch(trace, not detached and _destination.exporter().streams)
+    # The exporters load with the first trace, not on import: the import runs on every cold start.
+    from ._destination import exporter
+
+    return Batch(trace, not detached and exporter().streams)
 
 
 def export_events(events: list[Event]) -> None:
     """Events of no running trace, sent at once. Never raises."""
     try:
         if events:
-            _destination.exporter().export(None, events)
+            from ._destination import exporter
+
+            exporter().export(None, events)
     except Exception as exc:
         record_drop("sink_error", len(events), f"{type(exc).__name__}: {exc}")
 

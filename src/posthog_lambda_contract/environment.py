@@ -113,6 +113,8 @@ and ``request`` (USD per request). Default ``{"x86_64": 0.0000166667, "arm64": 0
 # -- reading a value: one parser per kind, shared by the library and the extension -----------
 
 DEFAULT_HOST = "https://us.i.posthog.com"
+DEFAULT_SOCKET = "/tmp/posthog-lambda.sock"
+DEFAULT_SPOOL = "/tmp/posthog-lambda-spool"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 

@@ -50,9 +50,6 @@ HEADER = struct.Struct(">2sBBI")
 MAX_PAYLOAD = 16 * 1024 * 1024
 """Above one event's largest size (8 MiB on the AI endpoint) with room for a batch of small ones."""
 
-DEFAULT_SOCKET = "/tmp/posthog-lambda.sock"
-DEFAULT_SPOOL = "/tmp/posthog-lambda-spool"
-
 
 class FrameError(ValueError):
     """A frame that cannot be accepted; the message says why."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from posthog_lambda_contract import frames as _frames
+from posthog_lambda_contract import environment
 from posthog_lambda_extension._settings import MIN_BUFFER_BYTES, Settings
 
 
@@ -13,7 +13,7 @@ def test_defaults() -> None:
     assert s.host == "https://us.i.posthog.com"
     assert (s.mode, s.flush_at, s.flush_interval_ms) == ("adaptive", 10, 2000)
     assert s.buffer_bytes == 128 * 1024 * 1024 // 10
-    assert (s.socket_path, s.spool_dir) == (_frames.DEFAULT_SOCKET, _frames.DEFAULT_SPOOL)
+    assert (s.socket_path, s.spool_dir) == (environment.DEFAULT_SOCKET, environment.DEFAULT_SPOOL)
     assert (s.debug, s.disabled, s.discard_reason, s.problems) == (False, False, None, [])
 
 
