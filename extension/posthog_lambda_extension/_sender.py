@@ -262,7 +262,8 @@ class Sender:
         if entry.truncated:
             return False
         size = len(entry.data)
-        data = limits.encode(json.loads(entry.data), limits.limit_after_413(size))
+        # Cut even if it is within that limit: PostHog refused it, and the cut leaves room for the envelope.
+        data = limits.dumps(limits.cut(json.loads(entry.data), limits.limit_after_413(size)))
         if len(data) >= size:
             return False
         self.buffer.replace(entry, data)

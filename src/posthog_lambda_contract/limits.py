@@ -57,7 +57,7 @@ def encode(event: Event, limit: int) -> bytes:
     data = dumps(event)
     if len(data) <= limit:
         return data
-    return dumps(_cut(event, limit))
+    return dumps(cut(event, limit))
 
 
 def fitted(event: Event, limit: int) -> Event:
@@ -67,10 +67,12 @@ def fitted(event: Event, limit: int) -> Event:
     # ASCII-escaped JSON is never shorter than the UTF-8 bytes: a cheap upper bound first.
     if len(json.dumps(event, separators=(",", ":"))) <= limit:
         return event
-    return _cut(event, limit)
+    return cut(event, limit)
 
 
-def _cut(event: Event, limit: int) -> Event:
+def cut(event: Event, limit: int) -> Event:
+    """A copy of the event whose properties are fitted to ``limit`` with room for the envelope,
+    whether or not the event already fits: for an event PostHog refused as too large."""
     properties = event.get("properties")
     cut: Event = {**event, "properties": fit(properties if isinstance(properties, dict) else {}, limit)}
     return cut

@@ -201,6 +201,19 @@ def test_a_single_event_refused_as_too_large_is_cut_and_resent_once() -> None:
     assert len(json.dumps(received.event)) <= BATCH_EVENT_LIMIT
 
 
+def test_an_event_within_the_smallest_limit_refused_as_too_large_is_still_cut() -> None:
+    # 16 KB is under the smallest limit a 413 cuts to (MIN_EVENT_LIMIT), yet PostHog may refuse
+    # it: the cut makes room for the envelope too, so the event shrinks and goes through.
+    with CaptureServer(api_key=KEY, max_event_bytes=15_800) as server:
+        rig = Rig(server)
+        (event,) = rig.add(make_event("$exception", pad=16_000))
+        result = rig.flush()
+        rig.sender.close()
+    assert [r.status for r in server.requests] == [413, 200]
+    assert rig.delivered() == [event]
+    assert result.dropped == 0
+
+
 def test_an_event_still_too_large_after_the_cut_is_dropped_and_counted() -> None:
     with CaptureServer(api_key=KEY, max_event_bytes=20_000) as server:
         rig = Rig(server)
