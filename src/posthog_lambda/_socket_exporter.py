@@ -76,19 +76,22 @@ class SocketExporter:
     def _items_frames(self, header: dict[str, Any], items: Sequence[Item]) -> bytes:
         if not items:
             return b""
-        # Usually one small frame: spans as records, the rare other events whole. Within the
-        # smallest per-event limit, nothing in it needs cutting: the other events are whole in
-        # it, and the extension fits each record's event to the header's limit.
+        # Usually one small frame: spans as records, the rare other events whole. The extension
+        # fits each record's event to the header's limit; a whole event needs fitting here only
+        # when the frame is larger than its limit (within it, no event in it can exceed it).
         max_event_bytes: int = header[MAX_EVENT_BYTES]
         records: list[Record] = []
         events: list[Event] = []
         for item in items:
             if type(item) is dict:
-                events.append(limits.fitted(item, limits.limit_for(item["event"], max_event_bytes)))
+                events.append(item)
             else:
                 records.append(item)  # type: ignore[arg-type]
         try:
             frame = _frames.encode(_frames.EVENTS, {"events": events, "trace": header, "spans": records})
+            if events and len(frame) > max_event_bytes:
+                events = [limits.fitted(e, limits.limit_for(e["event"], max_event_bytes)) for e in events]
+                frame = _frames.encode(_frames.EVENTS, {"events": events, "trace": header, "spans": records})
             if len(frame) <= BATCH_EVENT_LIMIT:
                 return frame
         except (TypeError, ValueError, _frames.FrameError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from posthog_lambda import generation, posthog_traced, span
+from posthog_lambda import configure, generation, posthog_traced, span
 from posthog_lambda._destination import exporter
 from posthog_lambda._processor import HANDOFF_AT
 from posthog_lambda._socket_exporter import SocketExporter
@@ -239,3 +240,20 @@ def test_spans_are_handed_over_while_the_handler_blocks_after_them(listener: Lis
     assert handler({}, LambdaContext("req-3")) == "ok"
     names = [e["properties"].get("$ai_span_name") for e in listener.events()[:2]]
     assert names == ["before-the-wait", "also-before"]
+
+
+def test_an_event_sent_whole_with_the_spans_is_cut_to_max_event_bytes(listener: Listener) -> None:
+    # The $exception goes whole beside the records (the extension fits records itself): the
+    # library cuts it to the user's limit before it leaves.
+    configure(max_event_bytes=20_000)
+
+    @posthog_traced
+    def handler(event: Any, context: Any) -> None:
+        raise ValueError("x" * 100_000)
+
+    with pytest.raises(ValueError, match=r"^x+$"):
+        handler({}, LambdaContext("req-7"))
+    listener.wait_events(2)
+    (exception,) = [e for e in listener.events() if e["event"] == "$exception"]
+    assert len(json.dumps(exception, ensure_ascii=False).encode()) <= 20_000
+    assert exception["properties"]["posthog_lambda_truncated"]
