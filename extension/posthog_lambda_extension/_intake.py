@@ -11,7 +11,7 @@ time), never raised.
 
 from __future__ import annotations
 
-from posthog_lambda_contract import frames, limits
+from posthog_lambda_contract import frames, limits, records
 from posthog_lambda_contract.events import MAX_EVENT_BYTES
 
 from . import _log
@@ -87,14 +87,12 @@ class Intake:
             if spans:
                 self.spans(payload["trace"], spans)
 
-    def spans(self, header: dict[str, Any], records: list[Any]) -> None:
+    def spans(self, header: dict[str, Any], span_records: list[Any]) -> None:
         """Finished spans sent as records (``posthog_lambda_contract.records``): their events."""
-        from posthog_lambda_contract.records import expand
-
         max_event_bytes = trace_max_event_bytes(header)
-        for record in records:
+        for record in span_records:
             try:
-                event = expand(header, record)
+                event = records.expand(header, record)
             except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
                 self.drops.add("events_invalid", 1, f"a span record that cannot be read: {exc!r:.200}")
                 continue

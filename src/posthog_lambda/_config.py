@@ -10,7 +10,7 @@ import os
 
 from posthog_lambda_contract import environment as constants
 from posthog_lambda_contract.environment import DEFAULT_SOCKET, DEFAULT_SPOOL
-from posthog_lambda_contract.limits import AI_EVENT_LIMIT, BATCH_EVENT_LIMIT, MIN_EVENT_LIMIT, clamp, limit_for
+from posthog_lambda_contract.limits import AI_EVENT_LIMIT, BATCH_EVENT_LIMIT, MIN_EVENT_LIMIT, clamp
 
 from ._jsonable import DEFAULT_REDACT_KEYS, redact_key_set
 from ._log import logger
@@ -79,9 +79,6 @@ class Config:
         values = {name: getattr(self, name) for name in self.__slots__}
         values.update(changes)
         return Config(**values)
-
-    def limit_for(self, event: str) -> int:
-        return limit_for(event, self.max_event_bytes)
 
 
 def _env_str(name: str) -> str | None:
