@@ -23,6 +23,7 @@ ORDER = (
     "scaling",
     "extension_start",
     "extension_throughput",
+    "managed_instances",
     "layer_size",
     "emulator",
     "make_bench",

@@ -28,6 +28,7 @@ SCRIPTS: list[tuple[str, list[str]]] = [
     ("scaling.py", ["--invocations", "3"]),
     ("extension_start.py", ["--rounds", "3"]),
     ("extension_throughput.py", ["--rounds", "2"]),
+    ("managed_instances.py", ["--rounds", "2"]),
 ]
 """Each script, and its ``--quick`` arguments."""
 BUDGET_S = 600.0

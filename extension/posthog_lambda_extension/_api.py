@@ -28,9 +28,11 @@ RETRY_MAX_S = 1.0
 class ApiError(Exception):
     """The Extensions API could not be reached or answered something unexpected."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, error_type: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.error_type = error_type
+        """The answer's ``errorType`` (``Extension.InvalidEventType``...), "" if it gave none."""
 
 
 class Response:
@@ -58,7 +60,8 @@ class ExtensionsApi:
         response = self._call("POST", "/register", {"Lambda-Extension-Name": name}, body, REGISTER_TIMEOUT_S)
         identifier = response.headers.get("lambda-extension-identifier")
         if response.status != 200 or not identifier:
-            raise ApiError(f"register answered {response.status}: {_text(response.body)}", response.status)
+            message = f"register answered {response.status}: {_text(response.body)}"
+            raise ApiError(message, response.status, _error_type(response.body))
         return identifier
 
     def next(self, identifier: str) -> dict[str, Any]:
@@ -102,19 +105,31 @@ class ExtensionsApi:
             raise ApiError(f"{method} {base}{path} failed: {exc}") from None
 
 
-def register(api: ExtensionsApi, name: str) -> str:
-    """Register for INVOKE and SHUTDOWN, retrying (with a small backoff) until it works."""
+INVALID_EVENT_TYPE = "Extension.InvalidEventType"
+
+
+def register(api: ExtensionsApi, name: str, invoke: bool = True) -> tuple[str, bool]:
+    """Register for SHUTDOWN and, if ``invoke``, INVOKE, retrying (with a small backoff) until it
+    works; the identifier, and whether INVOKE events will come. An environment that refuses
+    INVOKE (Lambda Managed Instances does, with 403 ``Extension.InvalidEventType``) gets a
+    registration for SHUTDOWN only: retrying the refused one would hold Init until it times out,
+    and with it every invocation of the function."""
     failures = 0
     while True:
+        events = ["INVOKE", "SHUTDOWN"] if invoke else ["SHUTDOWN"]
         try:
-            identifier = api.register(name, ["INVOKE", "SHUTDOWN"])
+            identifier = api.register(name, events)
         except ApiError as exc:
+            if invoke and exc.error_type == INVALID_EVENT_TYPE:
+                _log.warn(f"this environment refuses INVOKE events ({exc}); registering for SHUTDOWN only")
+                invoke = False
+                continue
             failures += 1
             _log.once(f"register:{exc.status}", f"registering as {name!r} failed: {exc}; retrying")
             time.sleep(min(RETRY_MAX_S, 0.01 * 2**failures))
             continue
-        _log.debug(f"registered as {name!r}")
-        return identifier
+        _log.debug(f"registered as {name!r} for {', '.join(events)}")
+        return identifier, invoke
 
 
 def next_event(api: ExtensionsApi, identifier: str) -> dict[str, Any]:
@@ -186,6 +201,15 @@ def _dechunk(sock: socket.socket, data: bytearray) -> bytes:
             return bytes(body)
         body += rest[:size]
         rest = rest[size + 2 :]
+
+
+def _error_type(body: bytes) -> str:
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return ""
+    error_type = answer.get("errorType") if isinstance(answer, dict) else None
+    return error_type if isinstance(error_type, str) else ""
 
 
 def _text(body: bytes) -> str:

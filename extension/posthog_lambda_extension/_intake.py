@@ -11,6 +11,8 @@ time), never raised.
 
 from __future__ import annotations
 
+import threading
+
 from posthog_lambda_contract import frames, limits, records
 from posthog_lambda_contract.events import MAX_EVENT_BYTES
 
@@ -54,6 +56,8 @@ class Intake:
         self.discard: str | None = None
         """When set, events are counted under this reason instead of buffered (the reason was
         said when it was set)."""
+        self.arrived: threading.Event | None = None
+        """Set after each batch of frames taken in, for a background flusher waiting on it."""
 
     def feed(self, reader: frames.Reader, data: bytes, source: str) -> bool:
         """Hand ``data`` to ``reader`` and act on what it yields; False once the stream is broken."""
@@ -62,6 +66,8 @@ class Intake:
             self.drops.add(error_reason(error, reader.broken), 1, f"{source}: {error}")
         for kind, payload in frames:
             self.frame(kind, payload)
+        if frames and self.arrived is not None:
+            self.arrived.set()
         return reader.broken is None
 
     def finish(self, reader: frames.Reader, source: str) -> None:
@@ -109,6 +115,13 @@ class Intake:
             self.drops.add(self.discard, 1, log=False)
             return
         name: str = event["event"]
+        if self.traces.late(event):
+            detail = (
+                f"a {name} of trace {event['properties'].get('$ai_trace_id')} ended after its invocation "
+                "timed out and was sent cut short"
+            )
+            self.drops.add("events_late", 1, detail)
+            return
         try:
             data = limits.encode(event, limits.limit_for(name, max_event_bytes))
         except (TypeError, ValueError) as exc:

@@ -14,9 +14,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-RECENT = 64
+RECENT = 2048
 """Recent invocations remembered, for each thing remembered about them (here, in ``_traces`` and
-in ``_telemetry``): Lambda runs one invocation at a time per environment, so a few are plenty."""
+in ``_telemetry``): more than run at once in one environment (one on-demand; up to 1,600 on
+Lambda Managed Instances), a few hundred bytes each at most."""
 
 
 def forget_oldest(seen: dict[str, Any]) -> None:
@@ -33,6 +34,8 @@ class Invocations:
         self._done: dict[str, str] = {}
         self.announced = 0
         """START and END frames seen so far: the function is traced."""
+        self.ended_total = 0
+        """END frames seen so far."""
 
     def start(self, request_id: str, deadline_ms: int) -> None:
         with self._changed:
@@ -45,6 +48,7 @@ class Invocations:
         with self._changed:
             self._ended[request_id] = None
             self.announced += 1
+            self.ended_total += 1
             forget_oldest(self._ended)
             self._changed.notify_all()
 

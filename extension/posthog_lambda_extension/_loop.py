@@ -2,7 +2,10 @@
 
 Each INVOKE is handled as the policy says, everything is flushed at SHUTDOWN within its
 deadline, and the process exits 0 only then: an extension that exits earlier fails the
-function's invocations, so whatever goes wrong is logged and the loop goes on.
+function's invocations, so whatever goes wrong is logged and the loop goes on. Where no INVOKE
+comes (Lambda Managed Instances), a background thread sends instead (``_flusher``), and
+completes the traces of invocations that timed out or whose process died as Lambda reports them
+(``complete_failed``): there such an invocation fails alone, and the environment goes on.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._api import ExtensionsApi
+    from ._flusher import Flusher
     from ._secrets import KeyStore
     from ._sender import Sender
     from ._telemetry import Telemetry
+    from ._traces import Announced
 
 END_MARGIN_S = 0.2
 """Waiting for an invocation's END stops this long before its deadline..."""
@@ -57,6 +62,9 @@ FLUSH_BUDGET_S = 5.0
 """The most one flush during an invocation may take, retries included: a PostHog outage must
 not make every invocation last until its timeout. SHUTDOWN uses all the time it has."""
 SHUTDOWN_DEFAULT_S = 2.0
+OVERDUE_S = 2.0
+"""Without INVOKE events and without a Telemetry report saying how it ended, an announced
+invocation whose trace has not come this long after its deadline is taken to have timed out."""
 KEY_WAIT_S = 1.0
 """The most a flush waits for a key still being read from a secret store (started at Init, it is
 normally there long before); events stay buffered meanwhile. SHUTDOWN waits until its deadline."""
@@ -89,16 +97,21 @@ class Extension:
         self._accepted = 0
         self.telemetry: Telemetry | None = None
         """Set once subscribed to the Telemetry API."""
+        self.flusher: Flusher | None = None
+        """Set where no INVOKE comes: the thread that sends."""
 
-    def run(self, api: ExtensionsApi, identifier: str, listener: socket.socket | None) -> int:
+    def run(self, api: ExtensionsApi, identifier: str, listener: socket.socket | None, *, invokes: bool = True) -> int:
         """Serve frames on ``listener`` (None: there is no socket) and events from ``api``
-        until SHUTDOWN; 0."""
+        until SHUTDOWN; 0. ``invokes`` False: registered for SHUTDOWN only, so a background
+        thread sends."""
         if listener is not None:
             self.server.start(listener)
         if self.key_store is not None:
             self.key_store.start()  # registered already: read while Lambda starts the runtime
         self._announce()
         self.start_telemetry(api, identifier)  # still Init: before this extension's first next
+        if not invokes and self.intake.discard is None:
+            self.start_flusher()
         while True:
             event = next_event(api, identifier)
             kind = event.get("eventType")
@@ -141,11 +154,24 @@ class Extension:
         try:
             from ._telemetry import Telemetry
 
-            telemetry = Telemetry(self.invocations, self.intake.traces)
+            telemetry = Telemetry(self.invocations, self.intake.traces, managed=self.settings.managed)
             if telemetry.start(api, identifier):
                 self.telemetry = telemetry
         except Exception as exc:
             _log.warn(f"cannot use the Telemetry API ({exc!r}); going on without it")
+
+    def start_flusher(self) -> None:
+        from ._flusher import Flusher
+
+        self.flusher = Flusher(self, self._clock)
+        self.intake.arrived = self.flusher.wake
+        if self.telemetry is not None:
+            self.telemetry.failed = self.flusher.wake
+        self.flusher.start()
+        _log.debug(
+            f"no INVOKE events: sending in the background ({self.settings.mode}: "
+            f"{self.settings.flush_at} events or {self.settings.flush_interval_ms} ms)"
+        )
 
     # -- events from the Extensions API --------------------------------------------------------
 
@@ -232,15 +258,25 @@ class Extension:
         now = self._clock()
         deadline = self._deadline(event.get("deadlineMs"), SHUTDOWN_MARGIN_S, now + SHUTDOWN_DEFAULT_S)
         _log.debug(f"SHUTDOWN ({event.get('shutdownReason')}), {deadline - now:.3f} s to flush")
+        flusher, self.flusher = self.flusher, None
+        # The background flush under way ends first: the sender serves one flush at a time.
+        sender_free = flusher is None or flusher.stop((deadline - self._clock()) / 2)
         try:
             self.server.settle(min(SETTLE_S, (deadline - self._clock()) / 4))
             self.spool.drain()
             if self.telemetry is not None:  # the last reports come after the last invocation
                 self.telemetry.wait_reports(min(REPORT_WAIT_S, (deadline - self._clock()) / 4))
+            if flusher is not None:
+                self.complete_failed()
             reason = event.get("shutdownReason")
             if reason in ("timeout", "failure"):
                 self.report_failed(str(reason))
-            if self.sender is not None or self.key_store is not None:
+            if not sender_free:
+                _log.warn(
+                    f"PostHog did not answer the last background flush before shutdown; {len(self.buffer)} events "
+                    "could not be sent and are lost"
+                )
+            elif self.sender is not None or self.key_store is not None:
                 self.flush(deadline, force=True)
                 left = len(self.buffer)
                 if left:
@@ -259,44 +295,72 @@ class Extension:
     def report_failed(self, reason: str) -> None:
         """The environment is reset because an invocation timed out or its runtime died: each
         announced trace that never arrived goes to PostHog as failed (see ``_traces``)."""
-        from ._traces import failed_events
-
         for announced in self.intake.traces.take_unfinished():
             status = self.invocations.status(announced.request_id)
             if status not in ("timeout", "failure", "error"):
                 status = reason
-            events, unreadable = failed_events(announced, status, time.time())
-            _log.warn(
-                f"invocation {announced.request_id} ended with Lambda status {status}: sending its trace "
-                f"{announced.trace_id} as failed, with {len(announced.open)} spans that did not end"
-            )
-            assert announced.header is not None  # take_unfinished returns only those with one
-            max_event_bytes = trace_max_event_bytes(announced.header)
-            for event in events:
-                self.intake.event(event, max_event_bytes)
-            detail = f"a running span's record of trace {announced.trace_id} cannot be completed"
-            self.drops.add("events_invalid", unreadable, detail)
+            self._send_failed(announced, status)
+
+    def complete_failed(self) -> int:
+        """Where invocations fail alone (no INVOKE events): the trace of each invocation Lambda
+        reported as timed out or failed (``platform.report``), or that is well past its deadline,
+        completed as failed as at a reset; how many. Its handler may still finish (a timed-out
+        process lives on): what it sends then of the spans sent cut short is dropped (``late``)."""
+        reported = self.telemetry.take_failed() if self.telemetry is not None else []
+        overdue = self.intake.traces.overdue(int((time.time() - OVERDUE_S) * 1000))
+        if not reported and not overdue:
+            return 0
+        # What the function wrote before it timed out or died is taken in first: its $ai_trace
+        # may be among it, and a trace that came is not cut.
+        self.server.settle(SETTLE_S)
+        completed = 0
+        for request_id, status in [*reported, *((request_id, "timeout") for request_id in overdue)]:
+            announced = self.intake.traces.take(request_id)
+            if announced is not None:
+                self._send_failed(announced, status)
+                completed += 1
+        return completed
+
+    def _send_failed(self, announced: Announced, status: str) -> None:
+        """Send ``announced``'s trace as failed with Lambda's ``status`` (see ``_traces``)."""
+        from ._traces import failed_events
+
+        events, unreadable = failed_events(announced, status, time.time())
+        _log.warn(
+            f"invocation {announced.request_id} ended with Lambda status {status}: sending its trace "
+            f"{announced.trace_id} as failed, with {len(announced.open)} spans that did not end"
+        )
+        assert announced.header is not None  # take and take_unfinished return only those with one
+        max_event_bytes = trace_max_event_bytes(announced.header)
+        for event in events:
+            self.intake.event(event, max_event_bytes)
+        self.intake.traces.cut(announced)
+        detail = f"a running span's record of trace {announced.trace_id} cannot be completed"
+        self.drops.add("events_invalid", unreadable, detail)
 
     # -- flushing -------------------------------------------------------------------------------
 
-    def flush(self, deadline: float, *, force: bool = False) -> None:
+    def flush(self, deadline: float, *, force: bool = False) -> bool:
+        """Send what is buffered (and the drops counted since the last report) until ``deadline``;
+        False when nothing could be sent (no sender yet, backing off, PostHog failing)."""
         if self.telemetry is not None:
             self.telemetry.apply(self.intake)
         sender = self._sender(deadline if force else min(deadline, self._clock() + KEY_WAIT_S))
         if sender is None or not sender.ready(force):
-            return
+            return False
         counts = self.drops.take()
         if counts:
             report = dropped_event(counts)
             self.buffer.add(report["uuid"], DROPPED_EVENT, limits.dumps(report))
         if not len(self.buffer):
-            return
+            return True
         started = self._clock()
         result = sender.flush(deadline, force=force)
         _log.debug(f"flush: {result} in {(self._clock() - started) * 1000:.0f} ms, {len(self.buffer)} left")
         if sender.refused is not None:
             self.intake.discard = "events_api_key_refused"
             self.buffer.discard("events_api_key_refused")
+        return result.stopped is None
 
     def _sender(self, wait_until: float) -> Sender | None:
         """The sender, made once a key read from a secret store is there (waiting for it until

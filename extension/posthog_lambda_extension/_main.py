@@ -38,7 +38,8 @@ def main(argv: Sequence[str] = ()) -> int:
         _log.warn(f"not running in AWS Lambda: {exc}")
         return 1
     listener = bind(settings.socket_path)
-    identifier = register(api, settings.name)
+    # Lambda Managed Instances refuses INVOKE: asking for it there only costs a refusal.
+    identifier, invokes = register(api, settings.name, invoke=not settings.managed)
     # Background work by nature: when the function and the extension both want the CPU (a
     # sandbox at low memory has a fraction of one), the function goes first. Only lowering, so
     # always allowed.
@@ -57,4 +58,4 @@ def main(argv: Sequence[str] = ()) -> int:
         while next_event(api, identifier).get("eventType") != "SHUTDOWN":
             pass
         return 0
-    return extension.run(api, identifier, listener)
+    return extension.run(api, identifier, listener, invokes=invokes)

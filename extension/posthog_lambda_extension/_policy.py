@@ -8,6 +8,14 @@
 - ``adaptive``: ``end`` while invocations are rare, ``batch`` once the median gap between the
   last few INVOKEs is shorter than the flush interval.
 
+Without INVOKE events (Lambda Managed Instances: many invocations at once, never frozen, SHUTDOWN
+the only event) a background thread asks ``on_tick`` instead, whenever events arrive or a timer
+it was given by ``wait_s`` expires; the flush never holds up a response or an invocation:
+
+- ``end``: as soon as an invocation has ended (END frame) and events are buffered;
+- ``batch`` and ``adaptive``: once ``flush_at`` events or ``interval`` seconds have accumulated
+  (``adaptive`` has nothing to adapt to: invocations overlap, and flushing costs none of them).
+
 Waiting for END needs the function to send START/END frames (``@posthog_traced``). If neither
 arrives for an invocation soon after its INVOKE (and no runtimeDone ends it), the function is
 taken to be untraced and invocations are handled like ``batch`` until a START or END shows up
@@ -83,3 +91,15 @@ class Policy:
 
     def missed_start(self) -> None:
         self.untraced = True
+
+    def on_tick(self, now: float, count: int, size: int, oldest: float | None, ended: bool) -> str:
+        """Without INVOKE events: the action at ``now`` with the buffer's figures, ``ended`` if
+        an invocation has ended since the last flush."""
+        if count and self.mode == END and ended:
+            return FLUSH_NOW
+        return FLUSH_NOW if self.due(now, count, size, oldest) else HOLD
+
+    def wait_s(self, now: float, oldest: float | None) -> float | None:
+        """Without INVOKE events: how long until a flush is due by age alone (None: nothing is
+        buffered, so only arriving events can make one due)."""
+        return None if oldest is None else max(0.0, oldest + self.interval_s - now)

@@ -1,11 +1,13 @@
 """The Unix socket the function's process writes frames to.
 
 Its listening end is bound before the extension registers (``_unix_socket``), so that it exists by
-the time the function starts. A thread accepts connections for as long as the environment runs
-(including while the main thread waits in next) and each connection gets a thread that reads
-frames until it closes. A bad header closes that connection: the rest of its stream cannot be
-trusted. Before it flushes at the end of an invocation or at shutdown, the main loop lets the
-readers take in what the function already wrote (``settle``).
+the time the function starts. One thread accepts connections and reads frames from all of them
+(``selectors``) for as long as the environment runs, including while the main thread waits in
+next: each runtime process has its connection, and Lambda Managed Instances runs up to 1,600 of
+them in one environment, which a thread per connection would pay for in memory. A bad header
+closes that connection: the rest of its stream cannot be trusted. Before it flushes at the end
+of an invocation or at shutdown, the extension lets the reader take in what the function
+already wrote (``settle``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import selectors
 import socket
 import threading
 import time
@@ -27,22 +30,41 @@ if TYPE_CHECKING:
     from ._intake import Intake
 
 READ_SIZE = 256 * 1024
-MAX_CONNECTIONS = 64
-"""A function has a handful of processes; more connections than this are a runaway writer."""
+MAX_CONNECTIONS = 1500
+"""More than any environment has runtime processes (Managed Instances: up to 1,600 at once, the
+Python runtime's default 16 per vCPU); bounded by the file descriptors the process may open."""
+SPARE_DESCRIPTORS = 64
+"""Kept for everything else: PostHog, the Telemetry API, spool files."""
+
+
+def connection_limit(wanted: int = MAX_CONNECTIONS) -> int:
+    """``wanted``, or fewer if the process may not open that many descriptors besides its others."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return wanted
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - SPARE_DESCRIPTORS))
 
 
 class FrameServer:
-    def __init__(self, path: str, intake: Intake) -> None:
+    def __init__(self, path: str, intake: Intake, max_connections: int | None = None) -> None:
         self.path = path
         self.intake = intake
+        self.max_connections = connection_limit() if max_connections is None else max_connections
         self._listener: socket.socket | None = None
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._busy = 0
-        """Readers taking in data they received (between recv and the end of its frames)."""
-        self._connections: dict[socket.socket, threading.Thread] = {}
+        self._busy = False
+        """The reader is taking in data it received (between recv and the end of its frames)."""
+        self._connections: dict[socket.socket, frames.Reader] = {}
         self._closed = False
-        self._accepter: threading.Thread | None = None
+        self._thread: threading.Thread | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._waker: tuple[socket.socket, socket.socket] | None = None
 
     def start(self, listener: socket.socket | None = None) -> bool:
         """Accept connections on ``listener`` (made by ``_unix_socket.bind``, or here if None);
@@ -52,124 +74,168 @@ class FrameServer:
             if listener is None:
                 return False
         self._listener = listener
-        self._accepter = threading.Thread(target=self._accept, name="posthog-lambda-accept", daemon=True)
-        self._accepter.start()
+        listener.setblocking(False)
+        selector = selectors.DefaultSelector()
+        waker = socket.socketpair()  # close() writes to it: the reader leaves select at once
+        waker[0].setblocking(False)
+        selector.register(listener, selectors.EVENT_READ, None)
+        selector.register(waker[0], selectors.EVENT_READ, None)
+        self._selector, self._waker = selector, waker
+        self._thread = threading.Thread(target=self._serve, name="posthog-lambda-frames", daemon=True)
+        self._thread.start()
         return True
 
     def close(self, join_timeout: float = 2.0) -> None:
-        """Stop accepting, close every connection, join the threads and remove the socket file."""
+        """Stop accepting, close every connection, join the thread and remove the socket file."""
         with self._lock:
             self._closed = True
             listener, self._listener = self._listener, None
-            connections = dict(self._connections)
-        if listener is not None:
+        waker = self._waker
+        if waker is not None:
             with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+                waker[1].send(b"x")
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread() and thread.ident is not None:
+            thread.join(join_timeout)
+        if listener is not None:
             listener.close()
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)  # wakes recv()
-        current = threading.current_thread()
-        for thread in [*connections.values(), self._accepter]:
-            # A connection's thread may not have started yet (accepted a moment ago).
-            if thread is not None and thread is not current and thread.ident is not None:
-                thread.join(join_timeout)
+        self._close_all()
 
     def settle(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds until every connection's readers have taken in all the
-        function wrote so far (nothing left unread, nothing being read); True if they have.
+        """Wait up to ``timeout`` seconds until the reader has taken in all the function wrote
+        so far on every connection (nothing left unread, nothing being read); True if it has.
         Frames written before an END or a SHUTDOWN must not miss the flush that follows."""
         deadline = time.monotonic() + timeout
         while True:
             with self._idle:
-                self._idle.wait_for(lambda: self._busy == 0, max(0.0, deadline - time.monotonic()))
-                connections = list(self._connections) if self._busy == 0 else None
+                self._idle.wait_for(lambda: not self._busy, max(0.0, deadline - time.monotonic()))
+                connections = list(self._connections) if not self._busy else None
             if connections is not None:
-                try:
-                    readable = select.select(connections, [], [], 0)[0] if connections else []
-                except (OSError, ValueError):  # one closed meanwhile: look again
-                    readable = connections
-                # A reader marks itself busy before it takes data out of the socket: nothing
-                # unread and still no one busy means all written before was taken in.
+                readable = _readable(connections)
+                # The reader marks itself busy before it takes data out of a socket: nothing
+                # unread and still not busy means all written before was taken in.
                 with self._lock:
-                    if not readable and self._busy == 0:
+                    if not readable and not self._busy:
                         return True
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(0.001)  # a reader is about to take what select saw
+            time.sleep(0.001)  # the reader is about to take what select saw
 
     @property
     def connections(self) -> int:
         with self._lock:
             return len(self._connections)
 
-    def _accept(self) -> None:
-        listener = self._listener
+    def _serve(self) -> None:
+        selector, listener = self._selector, self._listener
+        assert selector is not None
         assert listener is not None
         failures = 0
-        while True:
-            try:
-                connection, _ = listener.accept()
-            except OSError as exc:
+        try:
+            while True:
                 with self._lock:
                     if self._closed:
                         return
+                try:
+                    ready = selector.select()
+                    for key, _ in ready:
+                        sock = key.fileobj
+                        if sock is listener:
+                            failures = self._accept(listener, selector, failures)
+                        elif isinstance(sock, socket.socket) and sock in self._connections:
+                            self._read(sock, selector)
+                except OSError as exc:  # EINTR is retried by Python; anything else, once more
+                    _log.once(f"select:{exc.errno}", f"waiting for frames on {self.path} failed: {exc}")
+                    threading.Event().wait(0.01)
+                except Exception as exc:  # a bug must not end the reading: log it, serve on
+                    _log.once(f"serve:{type(exc).__name__}", f"serving frames failed unexpectedly: {exc!r}")
+        finally:
+            self._close_all()
+
+    def _accept(self, listener: socket.socket, selector: selectors.BaseSelector, failures: int) -> int:
+        """Take every pending connection; the new count of consecutive failures."""
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except BlockingIOError:
+                return 0
+            except OSError as exc:
                 failures += 1
                 _log.once(f"accept:{exc.errno}", f"accepting a connection on {self.path} failed: {exc}")
                 # Out of file descriptors and the like: let the function's side close some.
                 threading.Event().wait(min(1.0, 0.01 * 2**failures))
-                continue
-            failures = 0
-            self._serve(connection)
-
-    def _serve(self, connection: socket.socket) -> None:
-        with self._lock:
-            closed = self._closed
-            crowded = len(self._connections) >= MAX_CONNECTIONS
-            if not (closed or crowded):
-                thread = threading.Thread(
-                    target=self._read, args=(connection,), name="posthog-lambda-connection", daemon=True
-                )
-                self._connections[connection] = thread
-        if closed or crowded:
-            if crowded and not closed:
-                _log.once("connections", f"more than {MAX_CONNECTIONS} connections on {self.path}; refusing more")
-            connection.close()
-            return
-        try:
-            thread.start()
-        except RuntimeError as exc:  # no thread to be had: lose this connection, keep accepting
-            _log.once("thread", f"cannot read a connection on {self.path}: {exc}")
+                return failures
             with self._lock:
-                self._connections.pop(connection, None)
-            connection.close()
+                crowded = len(self._connections) >= self.max_connections
+                if not crowded:
+                    self._connections[connection] = frames.Reader()
+            if crowded:
+                _log.once("connections", f"more than {self.max_connections} connections on {self.path}; refusing more")
+                connection.close()  # the library spools what it cannot write
+                continue
+            connection.setblocking(False)
+            selector.register(connection, selectors.EVENT_READ, None)
 
-    def _read(self, connection: socket.socket) -> None:
-        reader = frames.Reader()
+    def _read(self, connection: socket.socket, selector: selectors.BaseSelector) -> None:
+        reader = self._connections[connection]
         source = f"a connection to {self.path}"
+        with self._lock:
+            self._busy = True  # from before the data leaves the socket until it is taken in (settle)
+        fed = False
         try:
-            while True:
-                # Busy from before the data leaves the socket until it is taken in (settle).
-                select.select([connection], [], [])
-                with self._lock:
-                    self._busy += 1
-                try:
-                    data = connection.recv(READ_SIZE)
-                    fed = bool(data) and self.intake.feed(reader, data, source)
-                finally:
-                    with self._idle:
-                        self._busy -= 1
-                        self._idle.notify_all()
-                if not fed:
-                    break
+            data = connection.recv(READ_SIZE)
+            fed = bool(data) and self.intake.feed(reader, data, source)
+        except BlockingIOError:
+            fed = True  # nothing after all
         except OSError as exc:
             _log.debug(f"connection to {self.path} failed: {exc}")
         except Exception as exc:  # a bug must cost one connection, never the extension
             _log.once(f"read:{type(exc).__name__}", f"reading frames failed unexpectedly: {exc!r}")
         finally:
-            with self._lock:
-                self._connections.pop(connection, None)
+            if not fed:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    selector.unregister(connection)
+                with self._lock:
+                    self._connections.pop(connection, None)
+                connection.close()
+                self.intake.finish(reader, source)
+            with self._idle:
+                self._busy = False
+                self._idle.notify_all()
+
+    def _close_all(self) -> None:
+        """Close the connections (counting frames cut short), the selector and the waker; the
+        reader's last act, and close()'s if the reader is gone or never ran (idempotent)."""
+        with self._lock:
+            connections, self._connections = dict(self._connections), {}
+            selector, self._selector = self._selector, None
+            waker, self._waker = self._waker, None
+        for connection, reader in connections.items():
             connection.close()
-            self.intake.finish(reader, source)
+            self.intake.finish(reader, f"a connection to {self.path}")
+        if selector is not None:
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                selector.close()
+        if waker is not None:
+            for end in waker:
+                end.close()
+
+
+def _readable(connections: list[socket.socket]) -> list[socket.socket]:
+    """Those of ``connections`` with data waiting (poll: no limit on descriptor numbers)."""
+    poller = select.poll()
+    by_fd: dict[int, socket.socket] = {}
+    for connection in connections:
+        try:
+            fd = connection.fileno()
+        except OSError:
+            continue
+        if fd >= 0:
+            by_fd[fd] = connection
+            poller.register(fd, select.POLLIN)
+    try:
+        return [by_fd[fd] for fd, _ in poller.poll(0) if fd in by_fd]
+    except OSError:
+        return connections  # one closed meanwhile: look again

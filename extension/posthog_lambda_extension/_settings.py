@@ -12,6 +12,7 @@ from posthog_lambda_contract.environment import (
     DEFAULT_HOST,
     DEFAULT_SOCKET,
     DEFAULT_SPOOL,
+    on_managed_instances,
     parse_flag,
     parse_host,
     parse_int,
@@ -25,6 +26,12 @@ DEFAULT_NAME = "posthog-lambda"
 MODES = ("adaptive", "end", "batch")
 DEFAULT_FLUSH_AT = 10
 DEFAULT_FLUSH_INTERVAL_MS = 2000
+MANAGED_FLUSH_AT = 100
+"""On Lambda Managed Instances: a few dozen invocations' traces per request (16 or more run at
+once per vCPU), so that PostHog gets a handful of requests a second at most under load..."""
+MANAGED_FLUSH_INTERVAL_MS = 1000
+"""...and an event waits a second at most while it is quiet: nothing but this timer wakes the
+extension there (no INVOKE), and PostHog's live views stay current."""
 DEFAULT_MEMORY_MB = 128
 MIN_BUFFER_BYTES = 1024 * 1024
 """Room for a few ordinary events; smaller buffers would drop most traces on arrival."""
@@ -41,6 +48,7 @@ class Settings:
         "flush_interval_ms",
         "host",
         "key_store",
+        "managed",
         "mode",
         "name",
         "problems",
@@ -57,13 +65,20 @@ class Settings:
         self.api_key = environ.get(environment.POSTHOG_API_KEY, "").strip() or None
         self.key_store = self._key_store()
         self.host = self._host()
+        self.managed = on_managed_instances(environ)
+        """On Lambda Managed Instances: no INVOKE, so the extension flushes in the background."""
         mode = environ.get(environment.POSTHOG_LAMBDA_FLUSH, "").strip().lower() or "adaptive"
         if mode not in MODES:
             self._problem(environment.POSTHOG_LAMBDA_FLUSH, mode, "is not one of adaptive, end, batch; using adaptive")
             mode = "adaptive"
         self.mode = mode
-        self.flush_at = self._positive(environment.POSTHOG_FLUSH_AT, DEFAULT_FLUSH_AT)
-        self.flush_interval_ms = self._positive(environment.POSTHOG_FLUSH_INTERVAL, DEFAULT_FLUSH_INTERVAL_MS)
+        flush_at, interval_ms = (
+            (MANAGED_FLUSH_AT, MANAGED_FLUSH_INTERVAL_MS)
+            if self.managed
+            else (DEFAULT_FLUSH_AT, DEFAULT_FLUSH_INTERVAL_MS)
+        )
+        self.flush_at = self._positive(environment.POSTHOG_FLUSH_AT, flush_at)
+        self.flush_interval_ms = self._positive(environment.POSTHOG_FLUSH_INTERVAL, interval_ms)
         memory_mb = self._positive("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", DEFAULT_MEMORY_MB)
         buffer_bytes = self._positive(environment.POSTHOG_LAMBDA_BUFFER_BYTES, memory_mb * 1024 * 1024 // 10)
         if buffer_bytes < MIN_BUFFER_BYTES:

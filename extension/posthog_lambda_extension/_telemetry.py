@@ -12,6 +12,14 @@ The extension subscribes during Init (after registering, before its first ``next
   made by the one event builder with the trace's header (``events.header_of``): same user,
   person-profile rule, session and groups as the trace.
 
+On Lambda Managed Instances the subscription must use schema ``2025-01-29`` (others are refused),
+no ``runtimeDone`` comes, and each ``platform.report`` arrives as its invocation ends, with its
+status: a ``timeout`` or ``failure`` there is an invocation that failed alone (the environment
+goes on), whose trace the extension completes as failed (``take_failed``). Its figures are the
+duration only, and its cost is not per GB-second (the user pays for the instances), so no
+``lambda_cost_usd``; figures that find their trace already sent are left out rather than sent
+as ``$ai_metric`` events: the trace's own latency says the same, and each event costs money.
+
 A receiver that cannot bind or a subscription that is refused is one log line; the extension
 goes on without it (as before: START/END frames and the deadline).
 """
@@ -44,6 +52,10 @@ if TYPE_CHECKING:
 
 SANDBOX_HOST = "sandbox.localdomain"
 SCHEMA_VERSION = "2022-12-13"
+MANAGED_SCHEMA_VERSION = "2025-01-29"
+"""The only schema Lambda Managed Instances accepts."""
+FAILED = ("timeout", "failure")
+"""Statuses of an invocation that ended without its handler's end (a report's ``status``)."""
 BUFFERING = {"maxItems": 1000, "maxBytes": 262144, "timeoutMs": 25}
 """The smallest delivery delay Lambda allows: runtimeDone must arrive while the loop waits."""
 MAX_BODY = 8 * 1024 * 1024
@@ -63,10 +75,11 @@ FIGURES = (
 COST = "lambda_cost_usd"
 
 
-def subscription(port: int) -> dict[str, Any]:
-    """The subscription request's body for a receiver on ``port``."""
+def subscription(port: int, managed: bool = False) -> dict[str, Any]:
+    """The subscription request's body for a receiver on ``port`` (``managed``: on Lambda
+    Managed Instances)."""
     return {
-        "schemaVersion": SCHEMA_VERSION,
+        "schemaVersion": MANAGED_SCHEMA_VERSION if managed else SCHEMA_VERSION,
         "destination": {"protocol": "HTTP", "URI": f"http://{SANDBOX_HOST}:{port}"},
         "types": ["platform"],
         "buffering": dict(BUFFERING),
@@ -109,9 +122,20 @@ class Telemetry:
     """Records from the receiver: runtimeDone goes straight to the invocation tracker, reports
     wait for the main loop (``apply``), which owns the buffer's edits."""
 
-    def __init__(self, invocations: Invocations, traces: Traces, environ: Mapping[str, str] = os.environ) -> None:
+    def __init__(
+        self,
+        invocations: Invocations,
+        traces: Traces,
+        environ: Mapping[str, str] = os.environ,
+        *,
+        managed: bool = False,
+    ) -> None:
         self.invocations = invocations
         self.traces = traces
+        self.managed = managed
+        self.failed: threading.Event | None = None
+        """Set when a report says an invocation timed out or failed (``managed`` only)."""
+        self._failed: list[tuple[str, str]] = []
         self.prices, problem = prices(environ)
         if problem is not None:
             _log.warn(problem)
@@ -134,7 +158,7 @@ class Telemetry:
             _log.warn(f"cannot listen for the Telemetry API on {host} ({exc}); going on without it")
             return False
         try:
-            api.subscribe_telemetry(identifier, subscription(receiver.port))
+            api.subscribe_telemetry(identifier, subscription(receiver.port, self.managed))
         except Exception as exc:
             _log.warn(f"cannot subscribe to the Telemetry API ({exc}); going on without it")
             receiver.close()
@@ -176,11 +200,17 @@ class Telemetry:
                 _log.debug(f"runtimeDone {request_id} ({status})")
                 self.invocations.runtime_done(request_id, status if isinstance(status, str) else "")
             elif kind == "platform.report":
+                status = record.get("status")
                 with self._arrived:
                     self._reports.append(record)
                     del self._reports[:-RECENT]
                     self._awaited.pop(request_id, None)
+                    if self.managed and status in FAILED:
+                        self._failed.append((request_id, str(status)))
+                        del self._failed[:-RECENT]
                     self._arrived.notify_all()
+                if self.managed and status in FAILED and self.failed is not None:
+                    self.failed.set()
 
     def invoked(self, request_id: str) -> None:
         """An INVOKE: its report is to come."""
@@ -188,6 +218,13 @@ class Telemetry:
             with self._arrived:
                 self._awaited[request_id] = None
                 forget_oldest(self._awaited)
+
+    def take_failed(self) -> list[tuple[str, str]]:
+        """(request id, status) of each invocation reported timed out or failed since the last
+        call (``managed`` only: elsewhere the environment resets and SHUTDOWN says so)."""
+        with self._arrived:
+            failed, self._failed = self._failed, []
+        return failed
 
     def wait_reports(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for every invocation's report; True if all came."""
@@ -209,7 +246,7 @@ class Telemetry:
             if trace is None or not figures:
                 continue  # an untraced invocation: nothing to link the figures to
             applied += 1
-            if intake.buffer.patch(trace.uuid, _adder(figures)):
+            if intake.buffer.patch(trace.uuid, _adder(figures)) or self.managed:
                 continue
             for event in metric_events(trace, report["requestId"], figures):
                 intake.event(event)
@@ -227,7 +264,7 @@ class Telemetry:
                 figures[name] = value
         memory = figures.get("lambda_memory_size_mb")
         billed = figures.get("lambda_billed_duration_ms")
-        if memory is not None and billed is not None:
+        if memory is not None and billed is not None and not self.managed:
             figures[COST] = cost_usd(memory, billed, self.prices, self.arch)
         return figures
 

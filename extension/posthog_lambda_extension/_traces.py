@@ -8,6 +8,10 @@
   shows up in PostHog with every span that finished and those cut short.
 - Each buffered ``$ai_trace`` is remembered by request id (``BufferedTrace``), for
   ``platform.report``'s figures.
+- On Lambda Managed Instances a timed-out invocation's process lives on: its handler may still
+  finish after its trace was sent cut short. The spans sent cut short are remembered
+  (``cut``), so that their late events are recognised (``late``) and dropped, counted: each
+  span arrives once.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class Traces:
         """trace id -> request id."""
         self._announced: dict[str, Announced] = {}
         self._buffered: dict[str, BufferedTrace] = {}
+        self._cut: dict[str, set[str]] = {}
+        """trace id -> ids of its spans sent cut short (the trace's own id for its root)."""
 
     def start(self, payload: Mapping[str, Any]) -> None:
         """A START frame (its shape checked by ``frames``)."""
@@ -129,6 +135,41 @@ class Traces:
         """The buffered ``$ai_trace`` of ``request_id``, if one was."""
         with self._lock:
             return self._buffered.get(request_id)
+
+    def take(self, request_id: str) -> Announced | None:
+        """The announced invocation ``request_id`` if its trace never came (forgotten as it is
+        returned)."""
+        with self._lock:
+            announced = self._announced.get(request_id)
+            if announced is None or announced.root is None or announced.header is None:
+                return None
+            del self._announced[request_id]
+            return announced
+
+    def cut(self, announced: Announced) -> None:
+        """``announced``'s trace was sent cut short: its spans that arrive from now on are late."""
+        with self._lock:
+            self._cut[announced.trace_id] = {announced.trace_id, *announced.open}
+            forget_oldest(self._cut)
+
+    def overdue(self, before_ms: int) -> list[str]:
+        """Request ids of announced invocations whose deadline (Unix ms) is before ``before_ms``
+        (one announced without a deadline never is)."""
+        with self._lock:
+            return [a.request_id for a in self._announced.values() if 0 < a.deadline_ms < before_ms]
+
+    def late(self, event: Mapping[str, Any]) -> bool:
+        """Whether ``event`` is a span (or the ``$ai_trace``) already sent cut short."""
+        if not self._cut:
+            return False
+        properties = event.get("properties")
+        if not isinstance(properties, dict):
+            return False
+        trace_id = properties.get("$ai_trace_id")
+        span_id = trace_id if event.get("event") == "$ai_trace" else properties.get("$ai_span_id")
+        with self._lock:
+            cut = self._cut.get(trace_id) if isinstance(trace_id, str) else None
+            return cut is not None and span_id in cut
 
     def take_unfinished(self) -> list[Announced]:
         """Announced invocations whose trace never came, forgotten as they are returned."""

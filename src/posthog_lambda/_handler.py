@@ -8,7 +8,7 @@ from ._config import get_config
 from ._context import current
 from ._decorate import instrument
 from ._jsonable import to_jsonable
-from ._lambda import deadline_ms, lambda_properties, request_id, take_cold_start
+from ._lambda import deadline_ms, lambda_properties, request_id, take_first_invocation
 from ._log import logger
 from ._spans import Span, TraceSpan
 from ._trace import Trace
@@ -135,7 +135,7 @@ def posthog_traced(
             if rid is not None:
                 trace.deadline_ms = deadline_ms(context)
             root = TraceSpan(trace_name, trace, event)
-            root.lambda_properties = lambda_properties(context, take_cold_start())
+            root.lambda_properties = lambda_properties(context, take_first_invocation())
             return root.__enter__()
 
         return instrument(handler, start)

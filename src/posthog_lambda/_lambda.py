@@ -5,25 +5,37 @@ from __future__ import annotations
 import os
 import time
 
+from posthog_lambda_contract import environment
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-_cold = True
+_fresh = True
+"""This process has not begun a traced invocation yet."""
+_managed = environment.on_managed_instances(os.environ)
+"""Read once: Lambda sets it before the runtime starts."""
+ALREADY_INITIALIZED = ("provisioned-concurrency", environment.MANAGED_INSTANCES)
+"""Where no invocation ever waits for an Init: it happens before any request is routed."""
 
 
-def take_cold_start() -> bool:
-    """True for the first invocation of this process only (never for provisioned concurrency,
-    whose initialization happened long before the first request)."""
-    global _cold
-    cold, _cold = _cold, False
-    return cold and os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") != "provisioned-concurrency"
+def on_managed_instances() -> bool:
+    """Whether this process is a runtime worker on Lambda Managed Instances."""
+    return _managed
+
+
+def take_first_invocation() -> bool:
+    """True for this process's first traced invocation only."""
+    global _fresh
+    first, _fresh = _fresh, False
+    return first
 
 
 def set_cold_start(cold: bool) -> None:
-    """Whether the next traced invocation counts as this process's cold start (``testing.reset()``)."""
-    global _cold
-    _cold = cold
+    """Whether the next traced invocation counts as this process's first, its cold start
+    (``testing.reset()``)."""
+    global _fresh
+    _fresh = cold
 
 
 def _xray_root(header: str | None) -> str | None:
@@ -59,8 +71,16 @@ def deadline_ms(context: Any) -> int:
     return now + (left if isinstance(left, int) and not isinstance(left, bool) and left >= 0 else 60_000)
 
 
-def lambda_properties(context: Any, cold_start: bool) -> dict[str, Any]:
-    """Properties of the ``$ai_trace`` that describe the invocation; none carries a ``$``."""
+def lambda_properties(context: Any, first: bool) -> dict[str, Any]:
+    """Properties of the ``$ai_trace`` that describe the invocation; none carries a ``$``.
+    ``first``: the process's first invocation (``take_first_invocation``).
+
+    ``lambda_cold_start`` is true when the invocation waited for its process's Init: the first
+    one, except where Init happens before any request is routed (provisioned concurrency, and
+    Lambda Managed Instances, where each worker process has its own Init but none delays an
+    invocation); there ``lambda_first_invocation_in_process`` says which invocation a process
+    served first (its module-level caches were empty)."""
+    cold_start = first and os.environ.get(environment.INITIALIZATION_TYPE) not in ALREADY_INITIALIZED
     memory: int | None
     try:
         memory = int(_text(context, "memory_limit_in_mb", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE") or "")
@@ -79,4 +99,12 @@ def lambda_properties(context: Any, cold_start: bool) -> dict[str, Any]:
         "lambda_cold_start": cold_start,
         "lambda_xray_trace_id": _xray_root(os.environ.get("_X_AMZN_TRACE_ID")),
     }
+    if _managed:
+        # Many runtime processes, one environment: which lifecycle, and whether this process was
+        # fresh (its module-level caches empty), say what lambda_cold_start cannot there.
+        props["lambda_initialization_type"] = environment.MANAGED_INSTANCES
+        props["lambda_first_invocation_in_process"] = first
+        concurrency = environment.parse_int(os.environ.get(environment.MAX_CONCURRENCY, ""))
+        if concurrency is not None:
+            props["lambda_max_concurrency"] = concurrency
     return {k: v for k, v in props.items() if v is not None}

@@ -43,7 +43,11 @@ class SocketExporter:
         self.spool_dir = spool_dir
         self._socket: socket.socket | None = None
         self._lock = allocate_lock()
-        self._spool_file = os.path.join(spool_dir, f"{os.getpid()}-{time.time_ns()}{_frames.SPOOL_SUFFIX}")
+        self._pid = os.getpid()
+        self._spool_file = self._spool_name()
+
+    def _spool_name(self) -> str:
+        return os.path.join(self.spool_dir, f"{self._pid}-{time.time_ns()}{_frames.SPOOL_SUFFIX}")
 
     def __repr__(self) -> str:
         return f"SocketExporter({self.path!r})"
@@ -145,6 +149,13 @@ class SocketExporter:
             self._spool(data, events)
 
     def _send(self, data: bytes) -> None:
+        if self._pid != os.getpid():
+            # A forked child (a runtime worker, multiprocessing): the connection it inherited is
+            # its parent's stream, where its frames would interleave with the parent's. Its own
+            # connection and spool file, as every process has.
+            self._pid = os.getpid()
+            self._spool_file = self._spool_name()
+            self._close()
         sock = self._socket
         if sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -23,6 +23,7 @@ from ._context import current, deactivate
 from ._decorate import arguments, instrument
 from ._drops import record_drop
 from ._jsonable import SCALARS, to_jsonable
+from ._lambda import on_managed_instances
 from ._log import logger
 from ._missing import MISSING
 from ._trace import Trace
@@ -531,6 +532,37 @@ class TraceSpan(Span):
         self._id = trace.trace_id
         self._owns_trace = True
         self.parent_id = ""
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.lambda_properties is not None and self._latency is None and self._start is not None:
+            self._check_deadline()
+        super().__exit__(exc_type, exc, tb)
+
+    def _check_deadline(self) -> None:
+        # Lambda Managed Instances does not stop a handler at its timeout: the invocation has
+        # failed, the process lives on, and the handler may return long after. Its trace must say
+        # so, as the extension's does for an invocation cut short. (Elsewhere Lambda ends the
+        # process at the deadline: the check is made only where it can be true.)
+        deadline_ms = self._trace.deadline_ms
+        if not on_managed_instances() or not deadline_ms:
+            return
+        now = time.time()
+        if now * 1000 <= deadline_ms:
+            return
+        assert self._start is not None
+        assert self.lambda_properties is not None
+        started = now - (_perf() - self._start)
+        self.lambda_properties["lambda_status"] = "timeout"
+        if self._error is None:
+            self._error = (
+                "Lambda status timeout: the invocation did not finish within its "
+                f"{round(deadline_ms / 1000 - started, 1):g} s timeout"
+            )
 
     def _record_error(self, error: BaseException) -> None:
         from ._exceptions import exception_properties

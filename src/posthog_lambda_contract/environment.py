@@ -9,6 +9,10 @@ that variable. Explicit arguments (``configure()``, decorator options) always wi
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 POSTHOG_API_KEY = "POSTHOG_API_KEY"
 """PostHog project API key (``phc_...``). Default: unset. Needed by whatever sends to PostHog;
 without it and without the extension, events are counted and dropped. Never logged unmasked."""
@@ -69,15 +73,17 @@ POSTHOG_LAMBDA_FLUSH = "POSTHOG_LAMBDA_FLUSH"
 never response time), ``batch`` (on INVOKE when POSTHOG_FLUSH_AT events or POSTHOG_FLUSH_INTERVAL
 ms have accumulated, in parallel with the handler) or ``adaptive`` (``end`` while invocations are
 rare, ``batch`` once they come faster than the flush interval). Always everything at SHUTDOWN.
-Default ``adaptive``."""
+Default ``adaptive``. On Lambda Managed Instances (no INVOKE events, never frozen) the extension
+sends from a background thread: ``end`` as soon as an invocation has ended, ``batch`` and
+``adaptive`` when POSTHOG_FLUSH_AT events or POSTHOG_FLUSH_INTERVAL ms have accumulated."""
 
 POSTHOG_FLUSH_AT = "POSTHOG_FLUSH_AT"
 """``batch`` mode: flush once this many events are buffered. Default 10 (@mastra/posthog's
-serverless setting)."""
+serverless setting); 100 on Lambda Managed Instances, where many invocations run at once."""
 
 POSTHOG_FLUSH_INTERVAL = "POSTHOG_FLUSH_INTERVAL"
 """``batch`` mode: flush once the oldest buffered event is this many milliseconds old. Default
-2000."""
+2000; 1000 on Lambda Managed Instances, where nothing else wakes the extension."""
 
 POSTHOG_DISABLED = "POSTHOG_DISABLED"
 """``true`` makes the extension register and then discard (counted) whatever it receives,
@@ -108,6 +114,26 @@ POSTHOG_LAMBDA_PRICES = "POSTHOG_LAMBDA_PRICES"
 the price of a request), as a JSON object with any of ``x86_64``, ``arm64`` (USD per GB-second)
 and ``request`` (USD per request). Default ``{"x86_64": 0.0000166667, "arm64": 0.0000133334,
 "request": 0.0000002}`` (AWS list prices). An invalid value is one log line, then the defaults."""
+
+
+# -- set by Lambda, read by both sides ----------------------------------------------------------
+
+INITIALIZATION_TYPE = "AWS_LAMBDA_INITIALIZATION_TYPE"
+"""Set by Lambda for the runtime and the extensions: ``on-demand``, ``provisioned-concurrency``,
+``snap-start`` or ``lambda-managed-instances``."""
+
+MANAGED_INSTANCES = "lambda-managed-instances"
+"""``INITIALIZATION_TYPE`` on Lambda Managed Instances: many invocations at once, each in its own
+runtime process; extensions get SHUTDOWN only; the environment is never frozen."""
+
+MAX_CONCURRENCY = "AWS_LAMBDA_MAX_CONCURRENCY"
+"""Set by Lambda Managed Instances for the runtime only: how many invocations run at once (for
+Python, how many worker processes the runtime forks)."""
+
+
+def on_managed_instances(environ: Mapping[str, str]) -> bool:
+    """Whether ``environ`` is that of a Lambda Managed Instances environment."""
+    return environ.get(INITIALIZATION_TYPE, "").strip() == MANAGED_INSTANCES
 
 
 # -- reading a value: one parser per kind, shared by the library and the extension -----------

@@ -60,22 +60,29 @@ class Deployment:
         self, flush: str = "end", timeout_s: float = 5.0, telemetry_api: str = "on", **env: str
     ) -> LambdaEnvironment:
         variables = {
-            "POSTHOG_API_KEY": KEY,
-            "POSTHOG_HOST": self.posthog.url,
             "POSTHOG_LAMBDA_FLUSH": flush,
             "POSTHOG_LAMBDA_SOCKET": str(self.socket),
             "POSTHOG_LAMBDA_SPOOL_DIR": str(self.spool),
             **env,
         }
-        return LambdaEnvironment(
-            self.function,
-            "app.handler",
-            layer_dir=self.layer,
-            env=variables,
+        return self._environment(
+            variables,
             timeout_s=timeout_s,
             telemetry_api=telemetry_api,
             share=[self.root],  # the socket and spool paths above, which tests also use
         )
+
+    def managed_instances(self, concurrency: int = 4, timeout_s: float = 5.0, **env: str) -> LambdaEnvironment:
+        """On Lambda Managed Instances, with the product's defaults: the socket and spool in the
+        environment's own /tmp (its processes are not root there: a test's directory is closed
+        to them)."""
+        return self._environment(
+            env, timeout_s=timeout_s, lifecycle="lambda-managed-instances", max_concurrency=concurrency
+        )
+
+    def _environment(self, env: dict[str, str], **options: Any) -> LambdaEnvironment:
+        variables = {"POSTHOG_API_KEY": KEY, "POSTHOG_HOST": self.posthog.url, **env}
+        return LambdaEnvironment(self.function, "app.handler", layer_dir=self.layer, env=variables, **options)
 
 
 @pytest.fixture

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from posthog_lambda_extension import _api, _log
+from posthog_lambda_extension import _api
 from posthog_lambda_extension._api import ApiError, ExtensionsApi, next_event, register
 
 Answer = Callable[[bytes], bytes]
@@ -52,11 +53,6 @@ class RawServer:
     def close(self) -> None:
         self.thread.join(5)
         self.listener.close()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_log() -> None:
-    _log.reset()
 
 
 @pytest.fixture
@@ -136,8 +132,31 @@ def test_register_and_next_retry_until_they_work(
         ]
     )
     api = ExtensionsApi(server.address)
-    assert register(api, "ext") == "abc"
+    assert register(api, "ext") == ("abc", True)
     assert next_event(api, "abc") == {"eventType": "SHUTDOWN"}
     out = capsys.readouterr().out
     assert out.count("registering as 'ext' failed") == 1  # said once, however often it is retried
     assert out.count("waiting for the next event failed") == 1
+
+
+def test_a_refused_invoke_registration_falls_back_to_shutdown_only(
+    serve: Callable[[list[Answer]], RawServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Lambda Managed Instances' answer to INVOKE: retrying it would hold Init until it times out.
+    refusal = b'{"errorType":"Extension.InvalidEventType","errorMessage":"INVOKE: ErrorInvalidEventType"}'
+    server = serve(
+        [
+            fixed(b"HTTP/1.1 403 Forbidden\r\nContent-Length: %d\r\n\r\n%s" % (len(refusal), refusal)),
+            fixed(b"HTTP/1.1 200 OK\r\nLambda-Extension-Identifier: abc\r\nContent-Length: 0\r\n\r\n"),
+        ]
+    )
+    assert register(ExtensionsApi(server.address), "ext") == ("abc", False)
+    bodies = [json.loads(request.partition(b"\r\n\r\n")[2]) for request in server.requests]
+    assert bodies == [{"events": ["INVOKE", "SHUTDOWN"]}, {"events": ["SHUTDOWN"]}]
+    assert "refuses INVOKE events" in capsys.readouterr().out
+
+
+def test_on_managed_instances_it_registers_for_shutdown_only(serve: Callable[[list[Answer]], RawServer]) -> None:
+    server = serve([fixed(b"HTTP/1.1 200 OK\r\nLambda-Extension-Identifier: abc\r\nContent-Length: 0\r\n\r\n")])
+    assert register(ExtensionsApi(server.address), "ext", invoke=False) == ("abc", False)
+    assert json.loads(server.requests[0].partition(b"\r\n\r\n")[2]) == {"events": ["SHUTDOWN"]}

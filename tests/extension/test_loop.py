@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,24 +12,13 @@ import pytest
 
 from posthog_lambda.local import CaptureServer
 from posthog_lambda_contract import frames as _frames
-from posthog_lambda_extension import _api, _log, _main
+from posthog_lambda_extension import _api, _main
 from posthog_lambda_extension._api import ApiError, ExtensionsApi
 from posthog_lambda_extension._drops import DROPPED_EVENT, REPORTER
 from posthog_lambda_extension._loop import START_GRACE_S, Extension
 from posthog_lambda_extension._settings import Settings
 from posthog_lambda_extension._unix_socket import bind
 from tests.extension import builder_problems, make_event, start
-
-
-@pytest.fixture(autouse=True)
-def _fresh_log() -> None:
-    _log.reset()
-
-
-@pytest.fixture
-def posthog() -> Iterator[CaptureServer]:
-    with CaptureServer(api_key="phc_local") as server:
-        yield server
 
 
 def extension(tmp_path: Path, posthog: CaptureServer, **env: str) -> Extension:

@@ -80,3 +80,28 @@ def test_an_untraced_function_is_not_waited_for_until_a_start_shows_up() -> None
     assert p.on_invoke(1.0, 12, 1200, 0.5) == FLUSH_NOW
     p.saw_start()
     assert p.on_invoke(2.0, 0, 0, None) == WAIT_FOR_END
+
+
+# -- without INVOKE events (Lambda Managed Instances) -------------------------------------------
+
+
+def test_without_invokes_end_mode_sends_once_an_invocation_has_ended() -> None:
+    p = policy(END, interval_s=60.0)
+    assert p.on_tick(100.0, 3, 300, 99.9, ended=True) == FLUSH_NOW
+    assert p.on_tick(100.0, 3, 300, 99.9, ended=False) == HOLD
+    assert p.on_tick(100.0, 0, 0, None, ended=True) == HOLD  # nothing to send
+
+
+@pytest.mark.parametrize("mode", [BATCH, "adaptive"])
+def test_without_invokes_batch_and_adaptive_send_by_count_or_age(mode: str) -> None:
+    p = policy(mode, flush_at=100, interval_s=1.0)
+    assert p.on_tick(100.0, 3, 300, 99.5, ended=True) == HOLD  # an ended invocation is no reason
+    assert p.on_tick(100.0, 100, 300, 99.9, ended=False) == FLUSH_NOW
+    assert p.on_tick(100.0, 1, 100, 99.0, ended=False) == FLUSH_NOW
+
+
+def test_without_invokes_the_timer_is_set_for_the_oldest_event() -> None:
+    p = policy(BATCH, interval_s=1.0)
+    assert p.wait_s(100.0, None) is None
+    assert p.wait_s(100.0, 99.75) == pytest.approx(0.75)
+    assert p.wait_s(100.0, 90.0) == 0.0

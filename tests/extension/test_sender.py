@@ -12,7 +12,6 @@ import pytest
 from posthog_lambda.local import CaptureServer
 from posthog_lambda_contract.keys import mask
 from posthog_lambda_contract.limits import BATCH_EVENT_LIMIT
-from posthog_lambda_extension import _log
 from posthog_lambda_extension._buffer import Buffer
 from posthog_lambda_extension._drops import Drops
 from posthog_lambda_extension._sender import Result, Sender
@@ -21,11 +20,6 @@ from tests.extension import data, make_event
 KEY = "phc_local"
 AI_BATCH_PATH = "/i/v0/ai/batch/"
 BATCH_PATH = "/batch/"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_log() -> None:
-    _log.reset()
 
 
 @pytest.fixture

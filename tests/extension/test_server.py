@@ -18,12 +18,11 @@ from posthog_lambda_contract import frames as _frames
 from posthog_lambda_contract.events import MAX_EVENT_BYTES
 from posthog_lambda_contract.limits import BATCH_EVENT_LIMIT
 from posthog_lambda_contract.records import HAS_OUTPUT
-from posthog_lambda_extension import _log
 from posthog_lambda_extension._buffer import Buffer
 from posthog_lambda_extension._drops import Drops
 from posthog_lambda_extension._intake import Intake
 from posthog_lambda_extension._invocations import Invocations
-from posthog_lambda_extension._server import MAX_CONNECTIONS, FrameServer
+from posthog_lambda_extension._server import MAX_CONNECTIONS, SPARE_DESCRIPTORS, FrameServer, connection_limit
 from posthog_lambda_extension._spool import Spool
 from tests.extension import builder_problems, header, make_event, start
 
@@ -56,7 +55,7 @@ class Harness:
         self.buffer = Buffer(1 << 24, self.drops)
         self.invocations = Invocations()
         self.intake = ObservedIntake(self.buffer, self.invocations, self.drops)
-        self.server = FrameServer(self.path, self.intake)
+        self.server = FrameServer(self.path, self.intake, max_connections=64)
         self.spool_dir = str(tmp_path / "spool")
         self.spool = Spool(self.spool_dir, self.intake)
 
@@ -87,11 +86,6 @@ class Harness:
         entries = self.buffer.begin()
         self.buffer.end(entries)
         return [e.uuid for e in entries]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_log() -> None:
-    _log.reset()
 
 
 @pytest.fixture
@@ -283,7 +277,7 @@ def test_many_connections_at_once(harness: Harness) -> None:
 def test_connections_beyond_the_limit_are_refused_and_later_ones_accepted(harness: Harness) -> None:
     clients = []
     try:
-        for _ in range(MAX_CONNECTIONS + 1):
+        for _ in range(harness.server.max_connections + 1):
             client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             clients.append(client)
             client.connect(harness.path)  # blocking: waits while the backlog is full
@@ -295,14 +289,30 @@ def test_connections_beyond_the_limit_are_refused_and_later_ones_accepted(harnes
         except ConnectionResetError:
             refused = True
         assert refused
-        assert harness.invocations.wait(lambda: harness.server.connections == MAX_CONNECTIONS, TIMEOUT)
+        assert harness.invocations.wait(lambda: harness.server.connections == harness.server.max_connections, TIMEOUT)
     finally:
         for client in clients:
             client.close()
-    harness.intake.wait_finished(MAX_CONNECTIONS)
+    harness.intake.wait_finished(harness.server.max_connections)
     event = make_event()
     harness.send(events_frame(event))
     assert harness.uuids() == [event["uuid"]]
+
+
+def test_the_default_limit_serves_every_runtime_process_managed_instances_can_run() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+        assert connection_limit() == (
+            MAX_CONNECTIONS if min(hard, 4096) >= 4096 else min(hard, 4096) - SPARE_DESCRIPTORS
+        )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # Lambda's limit
+        assert connection_limit() == 1024 - SPARE_DESCRIPTORS
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert MAX_CONNECTIONS >= 1500
 
 
 def test_a_stale_socket_file_is_replaced(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ WRAPPER = textwrap.dedent(
     sys.path.insert(0, directory)  # as the layer's bootstrap.py does
     from posthog_lambda_extension import _api
 
-    def register(api, name):
+    def register(api, name, **options):
         with open(out, "w") as modules:
             modules.write("\\n".join(sorted(sys.modules)))
         os._exit(0)

@@ -17,7 +17,7 @@ import pytest
 from posthog_lambda import constants
 from posthog_lambda.local import CaptureServer
 from posthog_lambda_contract import frames as _frames
-from posthog_lambda_extension import _log, _telemetry
+from posthog_lambda_extension import _telemetry
 from posthog_lambda_extension._api import ExtensionsApi
 from posthog_lambda_extension._buffer import Buffer
 from posthog_lambda_extension._drops import Drops
@@ -30,11 +30,6 @@ from posthog_lambda_extension._traces import Traces
 from tests.extension import builder_problems, make_event, start
 
 SAM = {"AWS_SAM_LOCAL": "true"}  # binds 0.0.0.0: sandbox.localdomain resolves only in Lambda
-
-
-@pytest.fixture(autouse=True)
-def _fresh_log() -> None:
-    _log.reset()
 
 
 class FakeLambda:
@@ -342,12 +337,6 @@ def test_a_report_for_an_untraced_invocation_adds_nothing() -> None:
 # -- the end of an invocation ----------------------------------------------------------------
 
 
-@pytest.fixture
-def posthog() -> Iterator[CaptureServer]:
-    with CaptureServer(api_key="phc_local") as server:
-        yield server
-
-
 def extension(tmp_path: Path, posthog: CaptureServer) -> Extension:
     settings = Settings(
         {
@@ -433,3 +422,60 @@ def test_shutdown_waits_for_the_last_report_and_sends_its_figures(tmp_path: Path
     assert metrics["lambda_init_duration_ms"].properties["$ai_metric_value"] == 42.0
     assert metrics["lambda_billed_duration_ms"].properties["$ai_trace_id"] == "t1"
     assert len(metrics) == 6
+
+
+# -- Lambda Managed Instances ---------------------------------------------------------------
+
+
+def test_on_managed_instances_the_subscription_asks_for_the_schema_it_accepts() -> None:
+    assert _telemetry.subscription(4321, managed=True)["schemaVersion"] == "2025-01-29"
+    assert _telemetry.subscription(4321)["schemaVersion"] == "2022-12-13"
+
+
+def managed_setup() -> tuple[Telemetry, Intake]:
+    intake = Intake(Buffer(10_000_000, Drops()), Invocations(), Drops())
+    return Telemetry(intake.invocations, intake.traces, {}, managed=True), intake
+
+
+def test_on_managed_instances_a_report_adds_its_duration_and_no_per_gb_second_cost() -> None:
+    telemetry, intake = managed_setup()
+    buffered_trace(intake, "t1", lambda_request_id="r1")
+    telemetry.receive(
+        [
+            {
+                "type": "platform.report",
+                "record": {"requestId": "r1", "status": "success", "metrics": {"durationMs": 12.5}},
+            }
+        ]
+    )
+    assert telemetry.apply(intake) == 1
+    (event,) = events_in(intake.buffer).values()
+    assert event["properties"]["lambda_duration_ms"] == 12.5
+    assert "lambda_cost_usd" not in event["properties"]
+    assert telemetry.take_failed() == []  # a success is no failure
+
+
+def test_on_managed_instances_a_late_report_makes_no_metric_event() -> None:
+    telemetry, intake = managed_setup()
+    buffered_trace(intake, "t1", lambda_request_id="r1")
+    sent = intake.buffer.begin()
+    intake.buffer.ack(sent)
+    telemetry.receive([report("r1")])
+    assert telemetry.apply(intake) == 1
+    assert events_in(intake.buffer) == {}
+
+
+def test_on_managed_instances_timeouts_and_failures_are_handed_over_once() -> None:
+    telemetry, _ = managed_setup()
+    woken = threading.Event()
+    telemetry.failed = woken
+    telemetry.receive(
+        [
+            {"type": "platform.report", "record": {"requestId": "r1", "status": "timeout"}},
+            {"type": "platform.report", "record": {"requestId": "r2", "status": "error"}},
+            {"type": "platform.report", "record": {"requestId": "r3", "status": "failure"}},
+        ]
+    )
+    assert woken.is_set()
+    assert telemetry.take_failed() == [("r1", "timeout"), ("r3", "failure")]
+    assert telemetry.take_failed() == []

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+from tests.local import posthog_lambda_command
 
 
 def test_local_command_invokes_the_function_and_reports(tmp_path: Path) -> None:
@@ -19,26 +16,17 @@ def test_local_command_invokes_the_function_and_reports(tmp_path: Path) -> None:
     )
     event = tmp_path / "event.json"
     event.write_text(json.dumps({"n": 21}))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "posthog_lambda",
-            "local",
-            "--function",
-            str(function),
-            "--handler",
-            "app.handler",
-            "--event",
-            str(event),
-            "--times",
-            "2",
-            "--logs",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(SRC)},
+    done = posthog_lambda_command(
+        "local",
+        "--function",
+        str(function),
+        "--handler",
+        "app.handler",
+        "--event",
+        str(event),
+        "--times",
+        "2",
+        "--logs",
     )
     assert done.returncode == 0, done.stderr
     out = done.stdout
@@ -53,11 +41,6 @@ def test_local_command_invokes_the_function_and_reports(tmp_path: Path) -> None:
 
 
 def test_unknown_command_is_a_usage_error() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "posthog_lambda", "nonsense"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(SRC)},
-    )
+    done = posthog_lambda_command("nonsense")
     assert done.returncode == 2
     assert "usage: posthog-lambda" in done.stderr

@@ -48,7 +48,7 @@ def _handler_with_spans() -> Any:
         (_handler, "lambda_properties"),  # starting the trace
         (_processor.Batch, "close"),  # ending the trace
         (_records, "expand"),  # building events
-        (_handler, "take_cold_start"),
+        (_handler, "take_first_invocation"),
         (_handler, "_handler_arguments"),
         (_spans.Span, "_record"),
     ],

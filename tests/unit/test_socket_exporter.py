@@ -257,3 +257,28 @@ def test_an_event_sent_whole_with_the_spans_is_cut_to_max_event_bytes(listener: 
     (exception,) = [e for e in listener.events() if e["event"] == "$exception"]
     assert len(json.dumps(exception, ensure_ascii=False).encode()) <= 20_000
     assert exception["properties"]["posthog_lambda_truncated"]
+
+
+def test_a_forked_child_writes_on_a_connection_of_its_own(listener: Listener) -> None:
+    # awslambdaric forks its workers on Managed Instances; a child writing on its parent's
+    # connection would interleave frames with the parent's on one stream.
+    import os
+
+    send = exporter()
+    assert isinstance(send, SocketExporter)
+    send.export(None, [{"event": "parent-1", "uuid": "p1", "properties": {}, "distinct_id": "d"}])
+    listener.wait_events(1)
+    pid = os.fork()
+    if pid == 0:  # the child: one event, then gone without running the parent's clean-up
+        code = 1
+        try:
+            send.export(None, [{"event": "child", "uuid": "c1", "properties": {}, "distinct_id": "d"}])
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    send.export(None, [{"event": "parent-2", "uuid": "p2", "properties": {}, "distinct_id": "d"}])
+    listener.wait_events(3)
+    assert sorted(e["event"] for e in listener.events()) == ["child", "parent-1", "parent-2"]
+    assert len(listener._connections) == 2  # the parent's, and the child's own

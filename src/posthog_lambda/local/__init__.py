@@ -1,8 +1,9 @@
 """Run Lambda functions, the layer and its extension locally, without Docker or AWS.
 
 ``LambdaEnvironment`` is a faithful local Lambda execution environment (the real runtime
-interface client, real extension processes, the real lifecycle including freezing);
-``CaptureServer`` is a local PostHog capture endpoint. Neither is imported by
+interface client, real extension processes, the real lifecycle including freezing, or with
+``lifecycle="lambda-managed-instances"`` that of Lambda Managed Instances: concurrent
+invocations, never frozen); ``CaptureServer`` is a local PostHog capture endpoint. Neither is imported by
 ``import posthog_lambda``: they are for development and tests. Names load on first use, from
 the two packages that hold them: ``emulator`` (the Lambda environment) and ``capture_server``;
 ``cli`` is the command line of both.

@@ -11,11 +11,14 @@ import json
 import signal
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .capture_server import CaptureServer, ReceivedRequest
 from .capture_server.received import events_text
-from .emulator import InvokeResult, LambdaEnvironment, SandboxError, ShutdownResult
+from .emulator import LIFECYCLES, InitResult, InvokeResult, LambdaEnvironment, SandboxError, ShutdownResult
+from .emulator.lifecycle import MANAGED_INSTANCES, ON_DEMAND
+from .emulator.managed import ManagedInstancesEnvironment
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,20 +44,35 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory", type=int, default=128, help="memory size in MB (default 128)")
     parser.add_argument("--timeout", type=float, default=3.0, help="function timeout in seconds (default 3)")
     parser.add_argument("--logs", action="store_true", help="print the processes' log lines as they come")
+    parser.add_argument(
+        "--lifecycle",
+        choices=LIFECYCLES,
+        default=ON_DEMAND,
+        help="on-demand (default: one invocation at a time, frozen in between) or lambda-managed-instances "
+        "(concurrent invocations, never frozen)",
+    )
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        help="lambda-managed-instances: invocations served at once, and sent at once (default 4)",
+    )
     return parser
+
+
+def _init(result: InitResult) -> list[str]:
+    lines = [f"  init: {result.duration_ms:.1f} ms" + (f" FAILED: {result.error}" if result.error else "")]
+    for extension in result.extensions:
+        lines.append(
+            f"    extension {extension.name}: registered at {extension.register_ms} ms, "
+            f"first next at {extension.first_next_ms} ms"
+        )
+    return lines
 
 
 def _invocation(number: int, result: InvokeResult) -> str:
     lines = [f"invocation {number}: {result.status} (request {result.request_id})"]
     if result.init is not None:
-        lines.append(
-            f"  init: {result.init.duration_ms:.1f} ms" + (f" FAILED: {result.init.error}" if result.init.error else "")
-        )
-        for extension in result.init.extensions:
-            lines.append(
-                f"    extension {extension.name}: registered at {extension.register_ms} ms, "
-                f"first next at {extension.first_next_ms} ms"
-            )
+        lines += _init(result.init)
     if result.error is not None:
         lines.append(f"  error: {json.dumps(result.error)}")
     else:
@@ -77,7 +95,12 @@ def _shutdown(result: ShutdownResult) -> str:
 
 def local(argv: Sequence[str]) -> int:
     """Invoke a function in the local Lambda environment and print each result, then the shutdown."""
-    options = _parser().parse_args(list(argv))
+    parser = _parser()
+    options = parser.parse_args(list(argv))
+    if options.max_concurrency is not None and options.lifecycle != MANAGED_INSTANCES:
+        parser.error("--max-concurrency goes with --lifecycle lambda-managed-instances")
+    if options.max_concurrency is not None and options.max_concurrency < 1:
+        parser.error("--max-concurrency must be 1 or more")
     event = json.loads(options.event.read_text()) if options.event else {}
     env = dict(item.split("=", 1) for item in options.env if "=" in item)
     try:
@@ -89,14 +112,41 @@ def local(argv: Sequence[str]) -> int:
             memory_mb=options.memory,
             timeout_s=options.timeout,
             echo_logs=print if options.logs else None,
+            lifecycle=options.lifecycle,
+            max_concurrency=options.max_concurrency,
         ) as lambda_env:
-            for number in range(1, options.times + 1):
-                print(_invocation(number, lambda_env.invoke(event)), flush=True)
+            if isinstance(lambda_env, ManagedInstancesEnvironment):
+                _invoke_concurrently(lambda_env, event, options.times)
+            else:
+                for number in range(1, options.times + 1):
+                    print(_invocation(number, lambda_env.invoke(event)), flush=True)
             print(_shutdown(lambda_env.shutdown()), flush=True)
     except SandboxError as exc:
         print(f"posthog-lambda local: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _invoke_concurrently(lambda_env: ManagedInstancesEnvironment, event: object, times: int) -> None:
+    """Init, then ``times`` invocations in rounds of ``max_concurrency`` sent at once, each
+    round once the workers are back in ``next``; results printed in order."""
+    init = lambda_env.init()
+    header = f"environment: lambda-managed-instances, max concurrency {lambda_env.max_concurrency}"
+    print("\n".join([header, *_init(init)]), flush=True)
+    if init.error is not None:
+        return
+    number = 0
+    with ThreadPoolExecutor(max_workers=lambda_env.max_concurrency, thread_name_prefix="invoke") as pool:
+        while number < times:
+            size = min(lambda_env.max_concurrency, times - number)
+            # Init is over with one worker in next, the others may still be importing the handler;
+            # later, a worker whose invocation timed out may still run it. Each round waits for the
+            # workers, so that none of its invocations finds them all busy (unavailable).
+            ready = lambda_env.max_concurrency if number == 0 else len(lambda_env.worker_pids())
+            lambda_env.wait_for_workers(min(size, ready), timeout=lambda_env.timeout_s)
+            for result in [pool.submit(lambda_env.invoke, event) for _ in range(size)]:
+                number += 1
+                print(_invocation(number, result.result()), flush=True)
 
 
 # -- posthog-lambda capture --------------------------------------------------------------------

@@ -1,24 +1,28 @@
 """The local Lambda execution environment, by topic.
 
 - ``lifecycle``: :class:`LambdaEnvironment`, Init, Invoke and Shutdown, freezing and resets;
+- ``managed``: the Lambda Managed Instances lifecycle (``lifecycle="lambda-managed-instances"``):
+  concurrent invocations in worker processes, never frozen, extensions for SHUTDOWN only;
 - ``results``: what an Init, an invocation and a shutdown report;
-- ``processes``: the runtime and extension processes as the lifecycle follows them;
+- ``processes``: the runtime, extension and worker processes as the lifecycle follows them;
 - ``routing``: the Runtime, Extensions and Telemetry APIs' HTTP routes and their server;
 - ``extensions``: the Extensions API, also served on its own (:class:`ExtensionsApi`) as a
   stand-in for Lambda in front of an extension a test or benchmark starts itself;
 - ``telemetry``: the Telemetry API's delivery to subscribers;
-- ``sandbox``: each process's view of the file system (``/opt``, ``/tmp``), its environment
-  and signals.
+- ``sandbox``: each process's view of the file system (``/opt``, ``/tmp``), its user, its
+  environment and signals.
 """
 
 from __future__ import annotations
 
 from .extensions import ExtensionsApi, ExtensionState
-from .lifecycle import TELEMETRY_MODES, LambdaEnvironment
+from .lifecycle import LIFECYCLES, TELEMETRY_MODES, LambdaEnvironment
+from .managed import ManagedInstancesEnvironment
 from .results import ExtensionInit, ExtensionShutdown, InitResult, InvokeResult, ShutdownResult
 from .sandbox import SandboxError
 
 __all__ = [
+    "LIFECYCLES",
     "TELEMETRY_MODES",
     "ExtensionInit",
     "ExtensionShutdown",
@@ -27,6 +31,7 @@ __all__ = [
     "InitResult",
     "InvokeResult",
     "LambdaEnvironment",
+    "ManagedInstancesEnvironment",
     "SandboxError",
     "ShutdownResult",
 ]

@@ -15,7 +15,8 @@ itself can serve it alone, as a stand-in for Lambda:
         api.shutdown()
 
 Alone, it has no Telemetry API (subscribing is answered 404) and Init lasts until the first
-event is handed out.
+event is handed out. ``invoke_events=False`` serves it as Lambda Managed Instances do: there is
+no INVOKE event, and registering for it is refused.
 """
 
 from __future__ import annotations
@@ -108,7 +109,9 @@ class ExtensionsApi:
     for its whole state), ``in_init`` (whether registering is allowed now) and ``note`` (called
     with the extension's name and the event each time an event is delivered); alone, it has a
     condition of its own and Init lasts until the first event is handed out. ``on_register`` is
-    called with each extension as it registers, before it is answered.
+    called with each extension as it registers, before it is answered. With
+    ``invoke_events=False`` (Lambda Managed Instances) a registration naming INVOKE is refused
+    with 403 Extension.InvalidEventType, and the extension stays unregistered (it may try again).
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class ExtensionsApi:
         in_init: Callable[[], bool] | None = None,
         note: Callable[[str, str], None] | None = None,
         on_register: Callable[[ExtensionState], None] | None = None,
+        invoke_events: bool = True,
     ) -> None:
         self.function_name = function_name
         self.handler = handler
@@ -129,6 +133,7 @@ class ExtensionsApi:
         self._in_init = in_init if in_init is not None else self._before_any_event
         self._note = note
         self._on_register = on_register
+        self.invoke_events = invoke_events
         self._extensions: list[ExtensionState] = []
         self._handed_out = False
         self._server: ApiServer | None = None
@@ -244,6 +249,8 @@ class ExtensionsApi:
             events = body.get("events") if isinstance(body, dict) else None
             if not isinstance(events, list) or not set(events) <= EVENT_TYPES:
                 return 400, api_error("InvalidRequest", "events must be a list of INVOKE and SHUTDOWN"), {}
+            if "INVOKE" in events and not self.invoke_events:
+                return 403, api_error("Extension.InvalidEventType", "INVOKE: ErrorInvalidEventType"), {}
             extension = candidates[0]
             extension.id = str(uuid.uuid4())
             extension.events = frozenset(events)

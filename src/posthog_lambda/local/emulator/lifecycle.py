@@ -9,6 +9,12 @@ before the runtime gets the event; the invocation ends when the runtime and ever
 back in ``next``; then every process is frozen with SIGSTOP until the next invoke or shutdown. A
 timeout, a runtime crash or an extension that exits resets the environment (SHUTDOWN with
 reason ``timeout``/``failure``, a new Init on the next invoke).
+
+That is the ``on-demand`` lifecycle (also what provisioned concurrency does once initialized).
+``LambdaEnvironment(..., lifecycle="lambda-managed-instances")`` is the other one Python
+functions can have: many invocations at once in one environment that is never frozen. It is the
+same class to its users; its lifecycle is in ``managed`` (:class:`ManagedInstancesEnvironment`,
+which this class becomes for that lifecycle), built from the same pieces and the hooks below.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import time
 import uuid
 import weakref
 from pathlib import Path
+from typing import ClassVar, cast
 
 from .extensions import ExtensionsApi, epoch_ms_in, function_arn, invoke_event, new_trace_header, shutdown_event
 from .processes import ExtensionProcess, Process, RuntimeProcess
@@ -45,10 +52,17 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any, Self
 
+    from .routing import Routes
+
 INIT_LIMIT_S = 10.0
 SHUTDOWN_LIMIT_S = 2.0
 RUNTIME_SHUTDOWN_S = 0.3
 """Of the shutdown budget, what the runtime gets after SIGTERM before SIGKILL."""
+ON_DEMAND = "on-demand"
+MANAGED_INSTANCES = "lambda-managed-instances"
+LIFECYCLES = (ON_DEMAND, MANAGED_INSTANCES)
+"""``lifecycle=``: one invocation at a time, frozen in between; or Lambda Managed Instances."""
+DEFAULT_MAX_CONCURRENCY = 4
 TELEMETRY_MODES = ("on", "refused", "unreachable")
 """``telemetry_api=``: subscriptions work; are refused (400, as where the API is missing, e.g.
 ``sam local``); or are accepted but nothing is ever delivered to the listener."""
@@ -63,13 +77,41 @@ class LambdaEnvironment:
 
     ``with LambdaEnvironment(function_dir, "app.handler", layer_dir=...) as env:
     result = env.invoke({...})``. Init happens on the first invoke, as for on-demand
-    concurrency. Every process it starts is stopped when the block ends, also on errors.
-    ``telemetry_api`` breaks the Telemetry API on purpose (see ``TELEMETRY_MODES``).
+    concurrency, or when :meth:`init` is called. Every process it starts is stopped when the
+    block ends, also on errors. ``telemetry_api`` breaks the Telemetry API on purpose (see
+    ``TELEMETRY_MODES``). ``lifecycle="lambda-managed-instances"`` makes it a Lambda Managed
+    Instances environment serving up to ``max_concurrency`` (default 4) invocations at once
+    (see ``managed``); ``max_concurrency`` means nothing to the on-demand lifecycle.
 
     Its processes share a ``/tmp`` of their own (``tmp_dir`` on this machine), as on AWS, so two
     environments never meet there; ``share`` names directories under this machine's ``/tmp``
     that they should also see at their usual paths (a test watching files, say).
     """
+
+    _RUNTIME_GRACE_S = RUNTIME_SHUTDOWN_S
+    """At shutdown, what the runtime gets after SIGTERM before SIGKILL."""
+    _SIGTERM_ALWAYS = False
+    """Whether the runtime gets SIGTERM at shutdown also when no extension is registered."""
+    _INVOKE_EVENTS = True
+    """Whether extensions may register for INVOKE."""
+
+    _LIFECYCLE = ON_DEMAND
+    """The lifecycle this class runs."""
+    _BY_LIFECYCLE: ClassVar[dict[str, type[LambdaEnvironment]]] = {}
+    """Each other lifecycle's class, registered by defining it (``managed`` is imported with the
+    package): this module need not import them."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "_LIFECYCLE" in cls.__dict__:  # a lifecycle's own class, not any subclass
+            LambdaEnvironment._BY_LIFECYCLE[cls._LIFECYCLE] = cls
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        # One entry point for every lifecycle: each but on-demand is a subclass of its own.
+        if cls is LambdaEnvironment:
+            chosen = LambdaEnvironment._BY_LIFECYCLE.get(kwargs.get("lifecycle", ON_DEMAND), cls)
+            return cast("Self", object.__new__(chosen))
+        return object.__new__(cls)
 
     def __init__(
         self,
@@ -85,9 +127,24 @@ class LambdaEnvironment:
         echo_logs: Callable[[str], None] | None = None,
         telemetry_api: str = "on",
         share: Sequence[str | Path] = (),
+        lifecycle: str = ON_DEMAND,
+        max_concurrency: int | None = None,
     ) -> None:
         if telemetry_api not in TELEMETRY_MODES:
             raise ValueError(f"telemetry_api={telemetry_api!r}: one of {', '.join(TELEMETRY_MODES)}")
+        if lifecycle not in LIFECYCLES:
+            raise ValueError(f"lifecycle={lifecycle!r}: one of {', '.join(LIFECYCLES)}")
+        if lifecycle != self._LIFECYCLE:
+            raise ValueError(f"lifecycle={lifecycle!r} does not go with {type(self).__name__}")
+        if lifecycle == ON_DEMAND and max_concurrency is not None:
+            raise ValueError("max_concurrency is for lifecycle='lambda-managed-instances' only")
+        if max_concurrency is None:
+            max_concurrency = DEFAULT_MAX_CONCURRENCY if lifecycle == MANAGED_INSTANCES else 1
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise ValueError(f"max_concurrency={max_concurrency!r}: a whole number, 1 or more")
+        self.lifecycle = lifecycle
+        self.max_concurrency = max_concurrency
+        """How many invocations the environment serves at once (1 for on-demand)."""
         self.telemetry_api = telemetry_api
         self.share = [Path(path).resolve() for path in share]
         self.function_dir = Path(function_dir).resolve()
@@ -115,6 +172,7 @@ class LambdaEnvironment:
             condition=self._cond,
             in_init=lambda: self._phase == "init",
             note=self.note,
+            invoke_events=self._INVOKE_EVENTS,
         )
         self._running = threading.Event()
         self._telemetry = Telemetry(self._running)
@@ -124,6 +182,7 @@ class LambdaEnvironment:
         self._frozen = False
         self._init_started = 0.0
         self._init_duration_ms: float | None = None
+        self._last_init: InitResult | None = None
         self._runtime_dir = Path()
 
     # -- lifecycle of the emulator itself ------------------------------------------------
@@ -139,14 +198,19 @@ class LambdaEnvironment:
 
     def start(self) -> None:
         _live.add(self)
-        self._sandbox = Sandbox(self.layer_dir, exposed=[self.function_dir, *self.share])
+        self._sandbox = self._new_sandbox()
         self._runtime_dir = runtime_directory(Path(self._sandbox.hosts_file).parent / "runtime")
-        routes = (
+        self._server = ApiServer(*self._route_tables()).start("lambda-api")
+
+    def _new_sandbox(self) -> Sandbox:
+        return Sandbox(self.layer_dir, exposed=[self.function_dir, *self.share])
+
+    def _route_tables(self) -> list[Routes]:
+        return [
             RuntimeRoutes(self).table(),
             ExtensionsRoutes(self._extensions_api).table(),
             TelemetryRoutes(self).table(),
-        )
-        self._server = ApiServer(*routes).start("lambda-api")
+        ]
 
     @property
     def tmp_dir(self) -> Path:
@@ -194,12 +258,19 @@ class LambdaEnvironment:
             "AWS_LAMBDA_RUNTIME_API": self.runtime_api,
             "AWS_EXECUTION_ENV": f"AWS_Lambda_python{minor}",
             "_HANDLER": self.handler,
-            "LAMBDA_TASK_ROOT": str(self.function_dir),
+            "LAMBDA_TASK_ROOT": str(self._task_root()),
             "LAMBDA_RUNTIME_DIR": str(self._runtime_dir),
-            "PYTHONPATH": python_path_for(self.function_dir, self._runtime_dir),
+            "PYTHONPATH": python_path_for(self._task_root(), self._runtime_dir),
         }
         env.update(self.user_env)
         return env
+
+    def _task_root(self) -> Path:
+        """Where the runtime finds the function's code (``/var/task`` on Lambda)."""
+        return self.function_dir
+
+    def _extension_environment(self, function_env: Mapping[str, str]) -> dict[str, str]:
+        return extension_environment(function_env)
 
     # -- Init ---------------------------------------------------------------------------------
 
@@ -209,6 +280,17 @@ class LambdaEnvironment:
             return []
         return sorted(p for p in directory.iterdir() if p.is_file() and os.access(p, os.X_OK))
 
+    def init(self) -> InitResult:
+        """Run Init now if the environment is down (the next invoke then has no cold start, as
+        with provisioned concurrency); otherwise the Init it had. A failed Init leaves it down."""
+        if self._phase == "down":
+            result = self._init()
+            if result.error is not None:
+                self._reset("failure")
+            return result
+        assert self._last_init is not None
+        return self._last_init
+
     def _init(self) -> InitResult:
         assert self._sandbox is not None, "start() the environment first"
         with self._cond:
@@ -217,10 +299,11 @@ class LambdaEnvironment:
             self._extensions = []
             self._extensions_api.clear()
             self._runtime = None
+            self._begin_init()
         self._telemetry = Telemetry(self._running)
         self._running.set()
         function_env = self.function_environment()
-        ext_env = extension_environment(function_env)
+        ext_env = self._extension_environment(function_env)
         deadline = self._init_started + INIT_LIMIT_S
         for path in self._extension_files():
             # Inside the sandbox the layer is /opt: start extensions where Lambda starts them.
@@ -233,13 +316,11 @@ class LambdaEnvironment:
         error = self._wait(lambda: all(e.registered for e in self._extensions), deadline, "extensions to register")
         if error is None:
             command = [sys.executable, "-S", "-m", "awslambdaric", self.handler]
-            runtime = RuntimeProcess("runtime", self._sandbox.start(command, function_env, cwd=self.function_dir))
+            runtime = RuntimeProcess("runtime", self._sandbox.start(command, function_env, cwd=self._task_root()))
             with self._cond:
                 self._runtime = runtime
             self._watch(runtime, "function")
-            error = self._wait(
-                lambda: runtime.waiting and all(e.waiting for e in self._extensions), deadline, "Init to finish"
-            )
+            error = self._wait(lambda: self._init_done(runtime), deadline, "Init to finish")
         with self._cond:
             measurements = [
                 ExtensionInit(
@@ -252,7 +333,15 @@ class LambdaEnvironment:
             self._init_duration_ms = _ms(time.monotonic() - self._init_started)
             if error is None:
                 self._phase = "ready"
-        return InitResult(self._init_duration_ms, measurements, error)
+            self._last_init = InitResult(self._init_duration_ms, measurements, error)
+            return self._last_init
+
+    def _begin_init(self) -> None:
+        """A new Init starts (lock held): forget what the last one left."""
+
+    def _init_done(self, runtime: RuntimeProcess) -> bool:
+        """Whether Init is over (lock held): the runtime and every extension wait in ``next``."""
+        return runtime.waiting and all(e.waiting for e in self._extensions)
 
     def _wait(self, done: Callable[[], bool], deadline: float, what: str) -> str | None:
         """Wait under the lock for ``done``; the reason it failed, or None."""
@@ -428,6 +517,12 @@ class LambdaEnvironment:
         """The process id of the runtime (``"runtime"``) and of each extension, by name."""
         return {p.name: p.process.pid for p in self._processes()}
 
+    def worker_pids(self) -> list[int]:
+        """The processes that run invocations: for on-demand, the runtime alone (when up)."""
+        with self._cond:
+            runtime = self._runtime
+        return [runtime.process.pid] if runtime is not None and runtime.exited is None else []
+
     def idle(self, seconds: float) -> None:
         """Let time pass between invocations, with the environment frozen as on AWS."""
         time.sleep(seconds)
@@ -448,11 +543,13 @@ class LambdaEnvironment:
             self._extensions_api.hand(shutdown_event(reason, deadline_ms), running)
             runtime = self._runtime
             registered = any(e.id for e in self._extensions)
-        if runtime is not None and runtime.exited is None:
+        if runtime is not None and not self._runtime_exited(runtime):
             # With extensions registered the runtime gets SIGTERM and a moment; without, SIGKILL.
-            signal_group(runtime.process, signal.SIGTERM if registered else signal.SIGKILL)
-            self._wait_exit(runtime, min(deadline, time.monotonic() + RUNTIME_SHUTDOWN_S))
-            if runtime.exited is None:
+            signal_group(runtime.process, signal.SIGTERM if registered or self._SIGTERM_ALWAYS else signal.SIGKILL)
+            self._wait_until(
+                lambda: self._runtime_exited(runtime), min(deadline, time.monotonic() + self._RUNTIME_GRACE_S)
+            )
+            if not self._runtime_exited(runtime):
                 signal_group(runtime.process, signal.SIGKILL)
         for extension in self._extensions:
             # Only those told about the shutdown can act on it; the rest are killed at once.
@@ -471,12 +568,19 @@ class LambdaEnvironment:
         return result
 
     def _wait_exit(self, process: Process, deadline: float) -> None:
+        self._wait_until(lambda: process.exited is not None, deadline)
+
+    def _wait_until(self, done: Callable[[], bool], deadline: float) -> None:
         with self._cond:
-            while process.exited is None:
+            while not done():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return
                 self._cond.wait(left)
+
+    def _runtime_exited(self, runtime: RuntimeProcess) -> bool:
+        """Whether the runtime is gone: its process has exited."""
+        return runtime.exited is not None
 
     def _reset(self, reason: str) -> None:
         """Timeout, crash, failed Init: shut the environment down; the next invoke re-inits."""
@@ -514,11 +618,17 @@ class LambdaEnvironment:
             stream.close()
             code = process.process.wait()
             with self._cond:
-                process.exited = time.monotonic()
+                if process.exited is None:
+                    process.exited = time.monotonic()
                 self._cond.notify_all()
             self._log(source, kind, f"(exited with status {code})", emit=False)
+            self._process_exited(process)
 
         threading.Thread(target=read, name=f"output-{source}", daemon=True).start()
+
+    def _process_exited(self, process: Process) -> None:
+        """``process`` has exited (a thread of its own, no lock held). On-demand notices during
+        the invoke it waits for."""
 
     def _log(self, source: str, kind: str, line: str, emit: bool = True) -> None:
         text = f"[{source}] {line}"

@@ -30,7 +30,8 @@ class InitResult:
 class InvokeResult:
     request_id: str
     status: str
-    """success, error (the handler raised), timeout, failure (runtime crash, Init or extension failure)."""
+    """success, error (the handler raised), timeout, failure (runtime crash, Init or extension
+    failure), unavailable (Lambda Managed Instances: no worker was free; nothing ran)."""
     payload: Any = None
     """The handler's response, decoded from JSON when it is JSON."""
     error: dict[str, Any] | None = None

@@ -63,6 +63,8 @@ class Request:
     """Without the query string."""
     headers: Message[str, str]
     body: bytes
+    peer: tuple[str, int] | None = None
+    """The client's address and port: which process is calling, for those who need to know."""
 
     @property
     def parts(self) -> list[str]:
@@ -90,11 +92,12 @@ if TYPE_CHECKING:
     """A route table: what answers each method and path."""
 
 
-def _gone() -> Answer:
+def gone() -> Answer:
+    """Ends a call with 500 Environment.Gone: the environment it was made to is no more."""
     return Answer(500, api_error("Environment.Gone", "the environment was shut down"), close=True)
 
 
-def _accepted() -> Answer:
+def accepted() -> Answer:
     return Answer(202, {"status": "OK"})
 
 
@@ -142,7 +145,7 @@ class ExtensionsRoutes(_RouteSet):
         if event is None:
             return Answer(403, api_error("Extension.InvalidExtensionIdentifier", "unknown extension id"))
         if event.get("eventType") == GONE_EVENT_TYPE:
-            return _gone()
+            return gone()
         return Answer(
             200,
             event,
@@ -154,7 +157,7 @@ class ExtensionsRoutes(_RouteSet):
         kind = request.parts[2]
         error_type = request.headers.get("Lambda-Extension-Function-Error-Type", "Unknown")
         if self.owner.report_error(request.extension_id, kind, error_type, request.body):
-            return _accepted()
+            return accepted()
         return Answer(403, api_error("Extension.InvalidExtensionIdentifier", "unknown extension id"))
 
 
@@ -172,7 +175,7 @@ class RuntimeRoutes(_RouteSet):
     def next_invocation(self, request: Request) -> Answer:
         body, headers = self.owner.runtime_next()
         if not headers:
-            return _gone()
+            return gone()
         request_id = headers["Lambda-Runtime-Aws-Request-Id"]
         return Answer(200, body, headers, then=lambda: self.owner.note("runtime", f"invocation {request_id}"))
 
@@ -182,14 +185,14 @@ class RuntimeRoutes(_RouteSet):
         if parts[4] == "error":
             error_type = request.headers.get("Lambda-Runtime-Function-Error-Type", "Unhandled")
         if self.owner.runtime_result(parts[3], request.body, error_type):
-            return _accepted()
+            return accepted()
         return Answer(400, api_error("InvalidRequestID", f"no invocation {parts[3]} waiting for a result"))
 
     def init_error(self, request: Request) -> Answer:
         self.owner.runtime_init_error(
             request.body, request.headers.get("Lambda-Runtime-Function-Error-Type", "Unknown")
         )
-        return _accepted()
+        return accepted()
 
 
 class TelemetryRoutes(_RouteSet):
@@ -274,7 +277,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if route is None:
             answer = Answer(404, api_error("NotFound", f"no {method} {path}"))
         else:
-            answer = route(Request(method, path, self.headers, body))
+            answer = route(Request(method, path, self.headers, body, (self.client_address[0], self.client_address[1])))
         if answer.close:
             self.close_connection = True
         self._send(answer.status, answer.payload, answer.headers)

@@ -9,6 +9,19 @@ directories under ``/tmp`` that the environment itself uses (the function's code
 client) at their usual paths. The machine's own ``/opt``, ``/etc/hosts`` and ``/tmp`` are never
 touched. Each process leads its own process group, so that freezing (SIGSTOP) and killing
 reach its children too.
+
+A sandbox made with ``user=`` (Lambda Managed Instances: uid 993, ``sbx_user1051`` on Lambda)
+runs its processes as that non-root user, after the mounts. When this Python is root that is a
+real drop (``setpriv --reuid --regid --clear-groups``), so what they need must be usable by that
+uid: the environment's directory becomes traversable (0711) and what the lifecycle puts there
+readable (:meth:`Sandbox.readable_copy`, :meth:`Sandbox.make_readable`; the layer too, when its
+directory is closed to others, as a temporary directory is); a directory outside
+``/tmp`` on the way to the interpreter or the runtime client that others may not enter (``/root``
+for an interpreter under ``~/.pyenv``) is covered, in the private namespace only, by an empty
+tmpfs holding just those paths. When this Python is not root, the processes are the caller
+outside whatever they are inside (the user namespace of ``--map-root-user``): there is nothing to
+drop, and a nested user namespace only maps ``user`` onto that caller so that they do not see
+themselves as root.
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ from pathlib import Path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Mapping, Sequence, Set
 
 SANDBOX_HOST = "sandbox.localdomain"
 
@@ -49,11 +62,11 @@ class SandboxError(RuntimeError):
     """The local environment cannot be set up on this machine; the message says what is missing."""
 
 
-def extension_environment(function_env: Mapping[str, str]) -> dict[str, str]:
+def extension_environment(function_env: Mapping[str, str], runtime_only: Set[str] = RUNTIME_ONLY) -> dict[str, str]:
     return {
         key: value
         for key, value in function_env.items()
-        if key not in RUNTIME_ONLY and not key.startswith("AWS_LAMBDA_LOG_")
+        if key not in runtime_only and not key.startswith("AWS_LAMBDA_LOG_")
     }
 
 
@@ -67,14 +80,20 @@ def _which(tool: str) -> str:
 class Sandbox:
     """The file system view shared by every process of one environment."""
 
-    def __init__(self, layer_dir: Path | None, exposed: Sequence[Path] = ()) -> None:
+    def __init__(self, layer_dir: Path | None, exposed: Sequence[Path] = (), user: int | None = None) -> None:
         self.layer_dir = layer_dir.resolve() if layer_dir is not None else None
+        self.user = user
+        """The uid (and gid) the processes run as; None: as this Python (or root, inside)."""
+        self.drops_privileges = user is not None and os.geteuid() == 0
+        """A real drop from root: what the processes use must be usable by :attr:`user`."""
         self._work = Path(tempfile.mkdtemp(prefix="posthog-lambda-local-"))
         self.tmp = self._work / "tmp"
         """What the environment's processes see as ``/tmp``."""
         self.tmp.mkdir()
         self.tmp.chmod(0o1777)
         self._binds: list[tuple[Path, Path]] = []
+        self._masks: list[tuple[Path, list[tuple[Path, Path]]]] = []
+        """(a directory covered by a tmpfs, [(a path kept visible under it, where it is staged)])."""
         # This interpreter (a virtual environment under /tmp, say) runs the runtime client.
         interpreter = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent]
         for path in _outermost([self._work, *exposed, *interpreter]):
@@ -86,6 +105,10 @@ class Sandbox:
         self.empty_opt = self._work / "opt"
         self.empty_opt.mkdir()
         self._unshare = _which("unshare")
+        self._setpriv = ""
+        if self.drops_privileges:
+            self._setpriv = _which("setpriv")
+            self._open_up([*interpreter, *_distribution_roots(_RUNTIME_DISTRIBUTIONS)])
         self._check()
 
     def _check(self) -> None:
@@ -102,6 +125,41 @@ class Sandbox:
                 f"`mount --bind` failed ({probe.stderr.strip() or probe.returncode}); this needs "
                 "root or a user namespace with CAP_SYS_ADMIN (unshare --map-root-user)"
             )
+
+    def _open_up(self, needed: Sequence[Path]) -> None:
+        """Make what the processes need usable by :attr:`user` once they are no longer root."""
+        assert self.user is not None
+        self._work.chmod(0o711)
+        self.make_readable(self.hosts_file)
+        self.make_readable(self.empty_opt)
+        if self.layer_dir is not None and not _enterable(self.layer_dir, self.user, read=True):
+            # A temporary directory, most likely (0700): what Lambda extracts is open to the user.
+            self.layer_dir = self.readable_copy(self.layer_dir, "layer")
+        host_tmp = Path("/tmp").resolve()
+        masks: dict[Path, list[Path]] = {}
+        for path in _outermost(needed):
+            if not path.exists():
+                continue
+            if path.is_relative_to(host_tmp):
+                # Seen through the private /tmp, whose directories on the way are the sandbox's.
+                blocked = None
+            else:
+                blocked = next((p for p in reversed(path.parents) if not _enterable(p, self.user)), None)
+            if not _enterable(path, self.user, read=True):
+                raise SandboxError(
+                    f"{path} is needed by the environment's processes, which run as uid {self.user} "
+                    "(as on Lambda Managed Instances), and that user may not read it"
+                )
+            if blocked is not None:
+                masks.setdefault(blocked, []).append(path)
+        stage = self._work / "stage"
+        for number, (blocked, paths) in enumerate(masks.items()):
+            kept = []
+            for index, path in enumerate(paths):
+                staged = stage / f"{number}-{index}"
+                staged.mkdir(parents=True)
+                kept.append((path, staged))
+            self._masks.append((blocked, kept))
 
     def _expose(self, path: Path) -> None:
         """Keep ``path``, if it is under the machine's /tmp, at the same path in the private one."""
@@ -122,7 +180,7 @@ class Sandbox:
         # Read-only, as Lambda's /opt is: nothing (bytecode included) can be written into the layer.
         script = (
             'mount --bind "$1" /opt && mount -o remount,bind,ro /opt && mount --bind "$2" /etc/hosts && '
-            f'{binds}mount --rbind "$3" /tmp && shift 3 && exec "$@"'
+            f'{self._mask_script()}{binds}mount --rbind "$3" /tmp && shift 3 && exec {self._as_user()}"$@"'
         )
         prefix = [] if os.geteuid() == 0 else ["--map-root-user"]
         return [
@@ -140,6 +198,53 @@ class Sandbox:
             str(self.tmp),
             *command,
         ]
+
+    def _mask_script(self) -> str:
+        """Shell commands covering each blocked directory with a tmpfs that holds only the paths
+        kept under it: staged first (bind mounts keep their source), then bound back in place."""
+        if not self._masks:
+            return ""
+        quote = shlex.quote
+        stage = "".join(f"mount --bind {quote(str(p))} {quote(str(s))} && " for _, kept in self._masks for p, s in kept)
+        cover = "".join(
+            f"mount -t tmpfs -o mode=0755 sandbox-mask {quote(str(blocked))} && "
+            + "".join(f"mkdir -p {quote(str(p))} && mount --bind {quote(str(s))} {quote(str(p))} && " for p, s in kept)
+            for blocked, kept in self._masks
+        )
+        return f"umask 022 && {stage}{cover}"
+
+    def _as_user(self) -> str:
+        """What the script's ``exec`` puts before the command to run it as :attr:`user`."""
+        if self.user is None:
+            return ""
+        ids = f"{self.user:d}"
+        if self.drops_privileges:
+            return f"{shlex.quote(self._setpriv)} --reuid {ids} --regid {ids} --clear-groups -- "
+        # Not root: nothing to drop; the nested namespace only renames the caller.
+        return f"{shlex.quote(self._unshare)} --user --map-user={ids} --map-group={ids} -- "
+
+    def make_readable(self, path: Path) -> None:
+        """Let :attr:`user` read ``path`` (and, for a directory, all it holds) and enter its
+        directories; executables stay executable. Symbolic links are left alone."""
+        paths = [path]
+        if path.is_dir() and not path.is_symlink():
+            for root, dirs, files in os.walk(path):
+                paths += [Path(root, name) for name in [*dirs, *files]]
+        for each in paths:
+            if each.is_symlink():
+                continue
+            mode = each.stat().st_mode
+            executable = each.is_dir() or mode & 0o111
+            each.chmod((mode & 0o7000) | (0o755 if executable else 0o644))
+
+    def readable_copy(self, source: Path, name: str) -> Path:
+        """A copy of the directory ``source`` in the environment's directory that :attr:`user`
+        can read: a function's code may sit below directories only its owner may enter (a test's
+        ``tmp_path``). Owned by root and read-only to the user, as ``/var/task`` is on Lambda."""
+        copy = self._work / name
+        shutil.copytree(source, copy, symlinks=True)
+        self.make_readable(copy)
+        return copy
 
     def start(
         self,
@@ -169,6 +274,31 @@ def _outermost(paths: Sequence[Path]) -> list[Path]:
         if not any(path.is_relative_to(outer) for outer in kept):
             kept.append(path)
     return kept
+
+
+def _enterable(path: Path, user: int, read: bool = False) -> bool:
+    """Whether ``user`` (uid and gid, no other groups) may enter (and, with ``read``, list)
+    ``path``, by its permission bits."""
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    if info.st_uid == user:
+        bits = 0o500 if read else 0o100
+    elif info.st_gid == user:
+        bits = 0o050 if read else 0o010
+    else:
+        bits = 0o005 if read else 0o001
+    return info.st_mode & bits == bits
+
+
+def _distribution_roots(names: Sequence[str]) -> list[Path]:
+    """Where the installed distributions ``names`` are (their site-packages directories)."""
+    roots = []
+    for name in names:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            roots.append(Path(str(importlib.metadata.distribution(name).locate_file(""))).resolve())
+    return roots
 
 
 def signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:

@@ -2,7 +2,8 @@
 
 Delivery honours each subscriber's buffering (maxItems, maxBytes, timeoutMs) and happens only
 while the environment runs: a frozen listener cannot answer, so records wait for the thaw, as
-``platform.report`` does on AWS (it arrives at the next invoke or at shutdown).
+``platform.report`` does on AWS (it arrives at the next invoke or at shutdown). Lambda Managed
+Instances never freeze, so there records flow as they come.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from .sandbox import SANDBOX_HOST
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
 TYPES = frozenset({"platform", "function", "extension"})
 LIMITS = {"maxItems": (1_000, 10_000), "maxBytes": (262_144, 1_048_576), "timeoutMs": (25, 30_000)}
 DEFAULT_BUFFERING = {"maxItems": 10_000, "maxBytes": 262_144, "timeoutMs": 1_000}
+SCHEMA_VERSIONS = ("2022-07-01", "2022-12-13")
+"""What on-demand Lambda accepts; Lambda Managed Instances accept only ``2025-01-29``."""
 
 
 def iso_now() -> str:
@@ -29,12 +33,12 @@ def iso_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
 
 
-def validate(body: Any) -> str | None:
+def validate(body: Any, schema_versions: Sequence[str] = SCHEMA_VERSIONS) -> str | None:
     """Why a subscription request is invalid, or None."""
     if not isinstance(body, dict):
         return "body must be a JSON object"
-    if body.get("schemaVersion") not in ("2022-07-01", "2022-12-13"):
-        return "schemaVersion must be 2022-07-01 or 2022-12-13"
+    if body.get("schemaVersion") not in schema_versions:
+        return f"schemaVersion must be {' or '.join(schema_versions)}"
     destination = body.get("destination")
     if not isinstance(destination, dict) or destination.get("protocol") != "HTTP":
         return "destination.protocol must be HTTP"
@@ -79,6 +83,7 @@ class Subscriber:
         self._wake = threading.Condition()
         self._stopped = False
         self._sending = False
+        self._hurry = False
         self._posting = threading.Lock()
         self._thread = threading.Thread(target=self._deliver_loop, name=f"telemetry-{extension}", daemon=True)
         self._thread.start()
@@ -94,13 +99,21 @@ class Subscriber:
             self._pending_bytes += len(json.dumps(record))
             self._wake.notify_all()
 
-    def drain(self, deadline: float) -> None:
+    def drain(self, deadline: float, now: bool = False) -> None:
+        """Wait until everything pending is delivered; ``now``: send it without waiting for
+        the subscriber's buffering timeout."""
         with self._wake:
-            while (self._pending or self._sending) and not self._stopped:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self._wake.wait(left)
+            if now:
+                self._hurry = True
+                self._wake.notify_all()
+            try:
+                while (self._pending or self._sending) and not self._stopped:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    self._wake.wait(left)
+            finally:
+                self._hurry = False
 
     def stop(self) -> None:
         with self._wake:
@@ -111,7 +124,7 @@ class Subscriber:
         """Seconds until the pending batch is due (0: now); None when nothing is pending."""
         if not self._pending:
             return None
-        if len(self._pending) >= self.max_items or self._pending_bytes >= self.max_bytes:
+        if self._hurry or len(self._pending) >= self.max_items or self._pending_bytes >= self.max_bytes:
             return 0.0
         return max(0.0, self._first_at + self.timeout_s - time.monotonic())
 
@@ -184,11 +197,12 @@ class Telemetry:
         for subscriber in self.subscribers():
             subscriber.quiesce()
 
-    def drain(self, timeout: float) -> None:
-        """Give what is already due (a report waiting since the last invoke) time to arrive."""
+    def drain(self, timeout: float, now: bool = False) -> None:
+        """Give what is already due (a report waiting since the last invoke) time to arrive;
+        ``now``: also what is pending but not yet due."""
         deadline = time.monotonic() + timeout
         for subscriber in self.subscribers():
-            subscriber.drain(deadline)
+            subscriber.drain(deadline, now)
 
     def subscribers(self) -> list[Subscriber]:
         with self._lock:
