@@ -163,10 +163,15 @@ def measure(layer: Path, root: Path, concurrency: int, in_flight: int, rounds: i
             extension = {key: env.pids()["posthog-lambda"] for key, env in environments.items()}
             cpu_before = {key: cpu_s(pid) for key, pid in extension.items()}
             latency: dict[str, list[float]] = {"untraced": [], "traced": []}
+            round_added: list[float] = []
             started = time.monotonic()
             for index in range(rounds):
+                medians = {}
                 for key in ("untraced", "traced") if index % 2 == 0 else ("traced", "untraced"):
-                    latency[key] += run_round(environments[key], 1000 + index * per_round, per_round, in_flight)
+                    samples = run_round(environments[key], 1000 + index * per_round, per_round, in_flight)
+                    latency[key] += samples
+                    medians[key] = median(samples)
+                round_added.append(medians["traced"] - medians["untraced"])
             expected = rounds * per_round * EVENTS_PER_INVOCATION
             received = posthog.wait_for_events(expected, timeout=60)
             elapsed = time.monotonic() - started
@@ -181,6 +186,7 @@ def measure(layer: Path, root: Path, concurrency: int, in_flight: int, rounds: i
         "in_flight": in_flight,
         "invocations": rounds * per_round,
         "latency": latency,
+        "round_added": round_added,
         "delays": delays,
         "events": len(received),
         "duplicates": duplicates,
@@ -210,7 +216,7 @@ def main() -> None:
         "memory 2048 MB; default flush settings (`adaptive`: 100 events or 1 s)",
         "",
         "| concurrency, in flight | response ms untraced (median / p99) | decorated (median / p99) "
-        "| added median ms | added p99 ms | delivery delay ms (median / p99) "
+        "| added median ms (rounds' range) | added p99 ms | delivery delay ms (median / p99) "
         "| extension CPU ms per 1,000 events | extension CPU ms untraced (timer only) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -221,6 +227,7 @@ def main() -> None:
         lines.append(
             f"| {r['concurrency']}, {r['in_flight']} | {median(base):.2f} / {p99(base):.2f} "
             f"| {median(traced):.2f} / {p99(traced):.2f} | {median(traced) - median(base):+.2f} "
+            f"({min(r['round_added']):+.1f} to {max(r['round_added']):+.1f}) "
             f"| {p99(traced) - p99(base):+.2f} | {median(r['delays']):.0f} / {p99(r['delays']):.0f} "
             f"| {per_thousand:.0f} | {r['cpu']['untraced'] * 1000:.0f} over {r['elapsed']:.1f} s |"
         )
@@ -235,8 +242,9 @@ def main() -> None:
         "",
         "Response latency is the local environment's (invoke to response posted); the decorated "
         "handler hands its spans to the extension's socket and returns, and the extension sends from "
-        "its own thread, so what is added is the library's work in the handler (and, on this 2-vCPU "
-        "machine, its share of the CPU the extension and the workers contend for). The delivery delay "
+        "its own thread, so what is added is the library's work in the handler and, on this 2-vCPU "
+        "machine, the CPU the extension takes from the workers, the emulator and the capture server that "
+        "share it: the rounds' range shows how much of the difference is who got the CPU. The delivery delay "
         "is set by the flush settings: under this load 100 events build up within a tenth of a second, "
         "and the tail is the 1 s interval for the last events of a burst. "
         "On LMI the vCPUs are whole (2 to 8 GiB of memory each), so no CPU share applies.",
