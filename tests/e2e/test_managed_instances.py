@@ -282,3 +282,17 @@ def wait_for(condition: Callable[[], bool], timeout: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_shutdown_sends_what_the_background_had_not_sent(managed: Deployment) -> None:
+    posthog = managed.posthog
+    # Flush settings that never come due: only SHUTDOWN sends.
+    with managed.managed_instances(concurrency=4, POSTHOG_FLUSH_AT="100000", POSTHOG_FLUSH_INTERVAL="600000") as env:
+        assert env.init().error is None
+        done = invoke_all(env, [{"n": n} for n in range(20)], in_flight=4)
+        assert posthog.events == []
+        result = env.shutdown()
+    assert {r.status for r, _ in done} == {"success"}
+    assert [e.killed for e in result.extensions] == [False]
+    traces = traces_of(posthog.events)
+    assert sorted(check_trace(events, failed=False) for events in traces.values()) == list(range(20))

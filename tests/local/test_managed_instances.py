@@ -37,7 +37,7 @@ HUB = os.environ["TEST_HUB"]
 def report(what, gate=None, **details):
     host, port = HUB.rsplit(":", 1)
     with socket.create_connection((host, int(port))) as connection:
-        record = {"who": "handler", "what": what, "gate": gate, "pid": os.getpid(), **details}
+        record = {"who": "handler", "what": what, "gate": gate, "pid": os.getpid(), "sent": time.monotonic(), **details}
         connection.sendall((json.dumps(record) + "\\n").encode())
         if gate is not None:
             connection.recv(1)
@@ -170,9 +170,11 @@ class Hub:
         where: Callable[[dict[str, Any]], bool] = lambda record: True,
         **match: Any,
     ) -> list[dict[str, Any]]:
-        """The reports of ``who`` about ``what`` with the values in ``match``, for which ``where`` holds."""
+        """The reports of ``who`` about ``what`` with the values in ``match``, for which ``where`` holds,
+        in the order they were made (each comes on a connection of its own: they may arrive in
+        another)."""
         with self._cond:
-            return [
+            found = [
                 r
                 for r in self.records
                 if who in (None, r["who"])
@@ -180,6 +182,7 @@ class Hub:
                 and all(r.get(k) == v for k, v in match.items())
                 and where(r)
             ]
+        return sorted(found, key=lambda r: r.get("sent", r["t"]))
 
     def wait(
         self,
