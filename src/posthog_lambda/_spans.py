@@ -539,8 +539,11 @@ class TraceSpan(Span):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.lambda_properties is not None and self._latency is None and self._start is not None:
-            self._check_deadline()
+        if on_managed_instances() and self.lambda_properties is not None and self._latency is None:
+            try:
+                self._check_deadline()
+            except Exception:
+                logger.exception("checking trace %r against its deadline failed", self.name)
         super().__exit__(exc_type, exc, tb)
 
     def _check_deadline(self) -> None:
@@ -549,12 +552,9 @@ class TraceSpan(Span):
         # so, as the extension's does for an invocation cut short. (Elsewhere Lambda ends the
         # process at the deadline: the check is made only where it can be true.)
         deadline_ms = self._trace.deadline_ms
-        if not on_managed_instances() or not deadline_ms:
-            return
         now = time.time()
-        if now * 1000 <= deadline_ms:
+        if not deadline_ms or now * 1000 <= deadline_ms or self._start is None:
             return
-        assert self._start is not None
         assert self.lambda_properties is not None
         started = now - (_perf() - self._start)
         self.lambda_properties["lambda_status"] = "timeout"

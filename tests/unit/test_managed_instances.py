@@ -106,3 +106,23 @@ def test_an_exception_after_the_deadline_keeps_its_error_and_says_timeout(events
     props = one(events, "$ai_trace")["properties"]
     assert props["lambda_status"] == "timeout"
     assert props["$ai_error"] == "ValueError: too late anyway"
+
+
+@pytest.mark.usefixtures("managed")
+def test_a_failing_deadline_check_never_reaches_the_handler(
+    events: list[Any], monkeypatch: pytest.MonkeyPatch, library_logs: pytest.LogCaptureFixture
+) -> None:
+    from posthog_lambda._spans import TraceSpan
+
+    def boom(self: Any) -> None:
+        raise RuntimeError("library bug")
+
+    monkeypatch.setattr(TraceSpan, "_check_deadline", boom)
+
+    @posthog_traced
+    def handler(event: Any, context: Any) -> str:
+        return "ok"
+
+    assert handler({}, LateContext(60_000)) == "ok"
+    assert "library bug" in library_logs.text
+    assert one(events, "$ai_trace")["properties"]["$ai_is_error"] is False
