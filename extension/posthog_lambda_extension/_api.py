@@ -213,4 +213,5 @@ def _error_type(body: bytes) -> str:
 
 
 def _text(body: bytes) -> str:
-    return body[:300].decode("utf-8", "replace") or "(no body)"
+    """An answer's body for a log line: one line (AWS's emulator ends its bodies with a newline)."""
+    return " ".join(body[:300].decode("utf-8", "replace").split()) or "(no body)"

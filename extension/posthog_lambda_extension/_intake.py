@@ -15,6 +15,7 @@ import threading
 
 from posthog_lambda_contract import frames, limits, records
 from posthog_lambda_contract.events import MAX_EVENT_BYTES
+from posthog_lambda_contract.frames import END
 
 from . import _log
 from ._traces import Traces
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from ._buffer import Buffer
     from ._drops import Drops
     from ._invocations import Invocations
+    from ._server import Stream
 
 
 def trace_max_event_bytes(header: dict[str, Any]) -> int:
@@ -59,13 +61,16 @@ class Intake:
         self.arrived: threading.Event | None = None
         """Set after each batch of frames taken in, for a background flusher waiting on it."""
 
-    def feed(self, reader: frames.Reader, data: bytes, source: str) -> bool:
-        """Hand ``data`` to ``reader`` and act on what it yields; False once the stream is broken."""
+    def feed(self, reader: frames.Reader, data: bytes, source: str, stream: Stream | None = None) -> bool:
+        """Hand ``data`` to ``reader`` and act on what it yields (noting on ``stream``, a
+        connection's, whether an invocation is under way); False once the stream is broken."""
         frames, errors = reader.feed(data)
         for error in errors:
             self.drops.add(error_reason(error, reader.broken), 1, f"{source}: {error}")
         for kind, payload in frames:
             self.frame(kind, payload)
+        if frames and stream is not None:
+            stream.mid_invocation = frames[-1][0] != END
         if frames and self.arrived is not None:
             self.arrived.set()
         return reader.broken is None

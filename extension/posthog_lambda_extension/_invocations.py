@@ -36,6 +36,8 @@ class Invocations:
         """START and END frames seen so far: the function is traced."""
         self.ended_total = 0
         """END frames seen so far."""
+        self.deaths = 0
+        """Function processes that closed their connection in the middle of an invocation."""
 
     def start(self, request_id: str, deadline_ms: int) -> None:
         with self._changed:
@@ -50,6 +52,11 @@ class Invocations:
             self.announced += 1
             self.ended_total += 1
             forget_oldest(self._ended)
+            self._changed.notify_all()
+
+    def process_died(self) -> None:
+        with self._changed:
+            self.deaths += 1
             self._changed.notify_all()
 
     def runtime_done(self, request_id: str, status: str = "") -> None:

@@ -62,6 +62,17 @@ FLUSH_BUDGET_S = 5.0
 """The most one flush during an invocation may take, retries included: a PostHog outage must
 not make every invocation last until its timeout. SHUTDOWN uses all the time it has."""
 SHUTDOWN_DEFAULT_S = 2.0
+SHUTDOWN_REASONS = {"spindown": "spindown", "timeout": "timeout", "failure": "failure", "sandboxterminated": "failure"}
+"""Each spelling of a shutdown reason, lowercased, as Lambda spells it on the wire: AWS's runtime
+interface emulator (``sam local``, container images) says ``Timeout`` and ``SandboxTerminated``."""
+
+
+def shutdown_reason(raw: object) -> str:
+    """A SHUTDOWN event's reason as Lambda spells it (unknown ones as they came)."""
+    text = str(raw or "")
+    return SHUTDOWN_REASONS.get(text.strip().lower(), text)
+
+
 OVERDUE_S = 2.0
 """Without INVOKE events and without a Telemetry report saying how it ended, an announced
 invocation whose trace has not come this long after its deadline is taken to have timed out."""
@@ -189,12 +200,23 @@ class Extension:
             self.policy.saw_start()  # the function sends events: wait for the end of invocations again
         if self._sender(now) is None and self.key_store is None:
             return
+        if self.telemetry is None and not self.policy.untraced and not self._traced():
+            # Without runtimeDone to end the wait, waiting for a START that an untraced handler
+            # never sends would only add its grace to the invocation.
+            self.policy.missed_start()
         stats = self.buffer.stats()
         action = self.policy.on_invoke(now, stats.count, stats.size, stats.oldest)
         _log.debug(f"INVOKE {request_id}: {action} ({stats.count} events buffered)")
         flush_by = deadline - FLUSH_MARGIN_S
         if action == WAIT_FOR_END and isinstance(request_id, str) and request_id:
             outcome = self.wait_for_end(request_id, deadline - END_MARGIN_S)
+            if outcome == "died":
+                # Lambda resets the environment: SHUTDOWN comes at the next call of next, with
+                # its own deadline, and sends what came and the failed trace. A flush now could
+                # outlast that deadline (AWS's emulator kills an extension not back in next).
+                _log.debug(f"the function's process died during invocation {request_id}: on to SHUTDOWN")
+                self._accepted = self.intake.accepted
+                return
             silent = self.intake.accepted == self._accepted  # no event since the last INVOKE
             if outcome == "runtime_done" and silent and not self.invocations.started(request_id):
                 # runtimeDone comes at least 25 ms after the runtime (the shortest telemetry
@@ -217,16 +239,25 @@ class Extension:
             self.flush(min(flush_by, now + FLUSH_BUDGET_S))
         self._accepted = self.intake.accepted
 
+    def _traced(self) -> bool:
+        """Whether anything says the function is traced: a process connected (a traced one does
+        while its handler is decorated, in Init), or frames or events came (also by the spool)."""
+        return self.invocations.announced > 0 or self.intake.accepted > 0 or self.server.ever_connected()
+
     def wait_for_end(self, request_id: str, until: float) -> str:
-        """``ended`` (END frame), ``runtime_done`` (platform.runtimeDone), ``deadline`` or
-        ``no_start`` (without the Telemetry API: no START frame within the grace period)."""
+        """``ended`` (END frame), ``runtime_done`` (platform.runtimeDone), ``died`` (the
+        function's process closed its connection mid-invocation), ``deadline`` or ``no_start``
+        (without the Telemetry API: no START frame within the grace period)."""
         start_by = self._clock() + START_GRACE_S
         done_at: float | None = None
         telemetry = self.telemetry is not None
         invocations = self.invocations
+        deaths = invocations.deaths
         while True:
             if invocations.ended(request_id):
                 return "ended"
+            if invocations.deaths != deaths:
+                return "died"
             now = self._clock()
             if now >= until:
                 return "deadline"
@@ -247,6 +278,7 @@ class Extension:
             def changed(started: bool = started, done: bool = done) -> bool:
                 return (
                     invocations.ended(request_id)
+                    or invocations.deaths != deaths
                     or invocations.started(request_id) != started
                     or invocations.done(request_id) != done
                 )
@@ -268,9 +300,9 @@ class Extension:
                 self.telemetry.wait_reports(min(REPORT_WAIT_S, (deadline - self._clock()) / 4))
             if flusher is not None:
                 self.complete_failed()
-            reason = event.get("shutdownReason")
+            reason = shutdown_reason(event.get("shutdownReason"))
             if reason in ("timeout", "failure"):
-                self.report_failed(str(reason))
+                self.report_failed(reason)
             if not sender_free:
                 _log.warn(
                     f"PostHog did not answer the last background flush before shutdown; {len(self.buffer)} events "

@@ -50,6 +50,17 @@ def connection_limit(wanted: int = MAX_CONNECTIONS) -> int:
     return max(1, min(wanted, soft - SPARE_DESCRIPTORS))
 
 
+class Stream:
+    """One connection's reading state."""
+
+    __slots__ = ("mid_invocation", "reader")
+
+    def __init__(self) -> None:
+        self.reader = frames.Reader()
+        self.mid_invocation = False
+        """A frame came since the last END: an invocation is under way in that process."""
+
+
 class FrameServer:
     def __init__(self, path: str, intake: Intake, max_connections: int | None = None) -> None:
         self.path = path
@@ -60,8 +71,9 @@ class FrameServer:
         self._idle = threading.Condition(self._lock)
         self._busy = False
         """The reader is taking in data it received (between recv and the end of its frames)."""
-        self._connections: dict[socket.socket, frames.Reader] = {}
+        self._connections: dict[socket.socket, Stream] = {}
         self._closed = False
+        self._accepted_any = False
         self._thread: threading.Thread | None = None
         self._selector: selectors.BaseSelector | None = None
         self._waker: tuple[socket.socket, socket.socket] | None = None
@@ -123,6 +135,14 @@ class FrameServer:
                 return False
             time.sleep(0.001)  # the reader is about to take what select saw
 
+    def ever_connected(self) -> bool:
+        """Whether a function process has connected (or is waiting to be accepted): a traced
+        handler's connects while it is decorated, during Init."""
+        if self._accepted_any:
+            return True
+        listener = self._listener
+        return listener is not None and bool(_readable([listener]))
+
     @property
     def connections(self) -> int:
         with self._lock:
@@ -170,23 +190,25 @@ class FrameServer:
             with self._lock:
                 crowded = len(self._connections) >= self.max_connections
                 if not crowded:
-                    self._connections[connection] = frames.Reader()
+                    self._connections[connection] = Stream()
             if crowded:
                 _log.once("connections", f"more than {self.max_connections} connections on {self.path}; refusing more")
                 connection.close()  # the library spools what it cannot write
                 continue
+            self._accepted_any = True
             connection.setblocking(False)
             selector.register(connection, selectors.EVENT_READ, None)
 
     def _read(self, connection: socket.socket, selector: selectors.BaseSelector) -> None:
-        reader = self._connections[connection]
+        stream = self._connections[connection]
+        reader = stream.reader
         source = f"a connection to {self.path}"
         with self._lock:
             self._busy = True  # from before the data leaves the socket until it is taken in (settle)
         fed = False
         try:
             data = connection.recv(READ_SIZE)
-            fed = bool(data) and self.intake.feed(reader, data, source)
+            fed = bool(data) and self.intake.feed(reader, data, source, stream)
         except BlockingIOError:
             fed = True  # nothing after all
         except OSError as exc:
@@ -201,6 +223,10 @@ class FrameServer:
                     self._connections.pop(connection, None)
                 connection.close()
                 self.intake.finish(reader, source)
+                if stream.mid_invocation:
+                    # The function's process closed its connection between an invocation's first
+                    # frame and its END: it died (os._exit, a crash, killed).
+                    self.intake.invocations.process_died()
             with self._idle:
                 self._busy = False
                 self._idle.notify_all()
@@ -212,9 +238,9 @@ class FrameServer:
             connections, self._connections = dict(self._connections), {}
             selector, self._selector = self._selector, None
             waker, self._waker = self._waker, None
-        for connection, reader in connections.items():
+        for connection, stream in connections.items():
             connection.close()
-            self.intake.finish(reader, f"a connection to {self.path}")
+            self.intake.finish(stream.reader, f"a connection to {self.path}")
         if selector is not None:
             with contextlib.suppress(OSError, KeyError, ValueError):
                 selector.close()

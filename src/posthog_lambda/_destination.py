@@ -73,6 +73,19 @@ def _choose(config: Config) -> Exporter:
     return SinkExporter(DropSink("no POSTHOG_API_KEY and no sink configured"))
 
 
+def connect_early() -> None:
+    """Open the extension's connection now, if events go there: done while a handler is
+    decorated (Init), so that the extension knows a traced process is there before the first
+    invocation and, without the Telemetry API, need not wait for a START to tell. Never raises."""
+    try:
+        chosen = exporter()
+        connect = getattr(chosen, "connect", None)
+        if callable(connect):
+            connect()
+    except Exception:
+        logger.exception("connecting to the extension early failed; it connects at the first hand-off")
+
+
 def reset() -> None:
     """Forget the chosen exporter, closing its connection (``testing.reset()``)."""
     global _chosen

@@ -105,6 +105,10 @@ def posthog_traced(
 
     def decorate(handler: F) -> F:
         config = get_config()
+        if config.enabled:
+            from ._destination import connect_early  # where events go is known by now: Init
+
+            connect_early()
         trace_name = name or getattr(handler, "__qualname__", None) or "handler"
         shared = to_jsonable(dict(properties), config.redact_keys) if properties else {}
         group_map = {str(k): str(v) for k, v in groups.items()} if groups else None

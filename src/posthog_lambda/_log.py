@@ -55,6 +55,9 @@ def _setup() -> logging.Logger:
         handler.setFormatter(logging.Formatter("[posthog_lambda] %(levelname)s %(message)s"))
         real.addHandler(handler)
         real.setLevel(logging.DEBUG)
+        # Printed once: the runtime's root logger (awslambdaric installs a handler there) would
+        # print every line again.
+        real.propagate = False
     elif real.level == logging.NOTSET:
         # Above CRITICAL: nothing reaches the user's handlers unless they lower it themselves.
         real.setLevel(logging.CRITICAL + 1)

@@ -170,6 +170,16 @@ class SocketExporter:
             self._socket = sock
         sock.sendall(data)
 
+    def connect(self) -> None:
+        """Connect now if not connected (an extension not there yet is fine: the first write
+        tries again)."""
+        with self._lock:
+            try:
+                self._send(b"")
+            except OSError as exc:
+                logger.debug("socket %s not reachable yet (%s)", self.path, exc)
+                self._close()
+
     def close(self) -> None:
         with self._lock:
             self._close()

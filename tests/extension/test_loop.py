@@ -3,8 +3,10 @@ how losses reach PostHog, and that nothing makes it stop before SHUTDOWN."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,20 @@ from posthog_lambda_extension._settings import Settings
 from posthog_lambda_extension._unix_socket import bind
 from tests.extension import builder_problems, make_event, start
 
+_CLIENTS: list[socket.socket] = []
+"""The function processes' connections the tests' extensions got (kept open for the test)."""
 
-def extension(tmp_path: Path, posthog: CaptureServer, **env: str) -> Extension:
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+
+
+def extension(tmp_path: Path, posthog: CaptureServer, *, connected: bool = True, **env: str) -> Extension:
+    """An extension whose socket a traced function's process has connected to, as one does
+    while its handler is decorated (``connected``), unless the test serves the socket itself."""
     settings = Settings(
         {
             "POSTHOG_API_KEY": "phc_local",
@@ -31,7 +45,13 @@ def extension(tmp_path: Path, posthog: CaptureServer, **env: str) -> Extension:
             **env,
         }
     )
-    return Extension(settings)
+    ext = Extension(settings)
+    if connected:
+        assert ext.server.start()
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(settings.socket_path)
+        _CLIENTS.append(client)
+    return ext
 
 
 def invoke(request_id: str, seconds: float) -> dict[str, Any]:
@@ -135,7 +155,7 @@ def test_after_a_refused_key_events_are_discarded_and_counted(tmp_path: Path) ->
 def test_shutdown_sends_everything_and_removes_the_socket(
     tmp_path: Path, posthog: CaptureServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ext = extension(tmp_path, posthog, POSTHOG_LAMBDA_FLUSH="batch")
+    ext = extension(tmp_path, posthog, connected=False, POSTHOG_LAMBDA_FLUSH="batch")
     assert ext.server.start()
     items = [make_event() for _ in range(3)]
     frames(ext, "r1", *items, {"event": "x"})
@@ -164,7 +184,7 @@ def test_nothing_but_shutdown_ends_the_loop(
     tmp_path: Path, posthog: CaptureServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(_api, "RETRY_MAX_S", 0.0)
-    ext = extension(tmp_path, posthog, POSTHOG_LAMBDA_FLUSH="end")
+    ext = extension(tmp_path, posthog, connected=False, POSTHOG_LAMBDA_FLUSH="end")
     calls = 0
 
     def broken_drain() -> int:
@@ -196,3 +216,61 @@ def test_main_outside_lambda_says_so(monkeypatch: pytest.MonkeyPatch, capsys: py
     monkeypatch.delenv("AWS_LAMBDA_RUNTIME_API", raising=False)
     assert _main.main([]) == 1
     assert "[posthog-lambda] not running in AWS Lambda" in capsys.readouterr().out
+
+
+def test_a_process_that_dies_mid_invocation_ends_the_wait_and_its_spans_go_at_shutdown(
+    tmp_path: Path, posthog: CaptureServer
+) -> None:
+    # No Telemetry API (AWS's emulator has none): the connection closing without END is the sign.
+    ext = extension(tmp_path, posthog, connected=False, POSTHOG_LAMBDA_FLUSH="end")
+    assert ext.server.start()
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(str(tmp_path / "ph.sock"))
+    finished = make_event(**{"$ai_trace_id": "t"})
+    root = ["$ai_trace", "agent", None, int(time.time() * 1e6), -1, "t", None, None, None, 0]
+    client.sendall(
+        _frames.encode(_frames.START, start("r1", "t", int((time.time() + 30) * 1000), root=root))
+        + _frames.encode(_frames.EVENTS, {"events": [finished]})
+    )
+    _CLIENTS.append(client)
+    dies = threading.Timer(0.3, client.close)  # os._exit, from the extension's side
+    dies.start()
+    began = time.monotonic()
+    ext.invoke(invoke("r1", 30))
+    assert time.monotonic() - began < 5  # not the invocation's 30 s deadline
+    assert posthog.events == []  # nothing sent now: SHUTDOWN, which follows, has its own deadline
+    ext.shutdown({"eventType": "SHUTDOWN", "shutdownReason": "failure", "deadlineMs": int(time.time() * 1000) + 2000})
+    got = {e.uuid: e for e in posthog.events}
+    assert finished["uuid"] in got
+    trace = next(e for e in got.values() if e.name == "$ai_trace")
+    assert trace.properties["lambda_status"] == "failure"
+
+
+def test_a_process_that_closes_its_connection_after_end_is_no_death(tmp_path: Path, posthog: CaptureServer) -> None:
+    ext = extension(tmp_path, posthog, connected=False, POSTHOG_LAMBDA_FLUSH="end")
+    assert ext.server.start()
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(str(tmp_path / "ph.sock"))
+    client.sendall(
+        _frames.encode(_frames.START, start("r1"))
+        + _frames.encode(_frames.EVENTS, {"events": [make_event()]})
+        + _frames.encode(_frames.END, {"request_id": "r1", "trace_id": "t"})
+    )
+    client.close()
+    assert ext.invocations.wait(lambda: ext.invocations.ended("r1"), 5)
+    ext.server.close()
+    assert ext.server.settle(5)
+    assert ext.invocations.deaths == 0
+
+
+def test_with_no_process_connected_and_no_telemetry_an_invocation_is_not_waited_for(
+    tmp_path: Path, posthog: CaptureServer
+) -> None:
+    # An undecorated handler (AWS's emulator, no Telemetry API): nothing ever connects, and
+    # waiting for a START would only add its grace to every cold start.
+    ext = extension(tmp_path, posthog, connected=False, POSTHOG_LAMBDA_FLUSH="end")
+    assert ext.server.start()
+    started = time.monotonic()
+    ext.invoke(invoke("r1", 30))
+    assert time.monotonic() - started < START_GRACE_S
+    assert ext.policy.untraced

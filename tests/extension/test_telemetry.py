@@ -35,7 +35,7 @@ SAM = {"AWS_SAM_LOCAL": "true"}  # binds 0.0.0.0: sandbox.localdomain resolves o
 class FakeLambda:
     """The Telemetry API's subscription endpoint, answering ``status``."""
 
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, status: int = 200, refusal: bytes = b'{"errorType":"ValidationError"}') -> None:
         self.status = status
         self.requests: list[tuple[str, str, dict[str, str], Any]] = []
         fake = self
@@ -44,7 +44,7 @@ class FakeLambda:
             def do_PUT(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 fake.requests.append((self.command, self.path, dict(self.headers), json.loads(body)))
-                payload = b"OK" if fake.status == 200 else b'{"errorType":"ValidationError"}'
+                payload = b"OK" if fake.status == 200 else refusal
                 self.send_response(fake.status)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
@@ -143,8 +143,15 @@ def test_a_receiver_that_cannot_bind_is_one_line_and_no_subscription(
     assert "cannot listen for the Telemetry API" in out[0]
 
 
-def test_a_refused_subscription_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    fake = FakeLambda(status=400)
+RIE_NOT_SUPPORTED = b'{"errorMessage":"Telemetry API is not supported","errorType":"Telemetry.NotSupported"}\n'
+
+
+@pytest.mark.parametrize(
+    ("status", "refusal"),
+    [(400, b'{"errorType":"ValidationError"}'), (202, RIE_NOT_SUPPORTED)],  # AWS's emulator: 202, and a newline
+)
+def test_a_refused_subscription_is_one_line(status: int, refusal: bytes, capsys: pytest.CaptureFixture[str]) -> None:
+    fake = FakeLambda(status=status, refusal=refusal)
     try:
         telemetry = Telemetry(Invocations(), Traces(), {})
         assert not telemetry.start(fake.api, "ext-id", SAM)
@@ -154,7 +161,8 @@ def test_a_refused_subscription_is_one_line(capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1
     assert "cannot subscribe to the Telemetry API" in out[0]
-    assert "400" in out[0]
+    assert str(status) in out[0]
+    assert out[0].endswith("going on without it")
 
 
 def test_garbage_posted_to_the_receiver_is_answered_and_ignored(fake_lambda: FakeLambda) -> None:

@@ -145,3 +145,17 @@ def test_failed_traces_are_fitted_to_the_trace_max_event_bytes_and_bad_records_c
     assert trace["properties"]["posthog_lambda_truncated"] == ["$ai_input_state"]
     assert ext.drops.totals() == {"events_invalid": 1}
     ext.sender.close()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("spelled", "status"),
+    [("timeout", "timeout"), ("failure", "failure"), ("Timeout", "timeout"), ("SandboxTerminated", "failure")],
+)
+def test_a_reset_is_recognised_however_its_reason_is_spelled(tmp_path: Path, spelled: str, status: str) -> None:
+    # Lambda says timeout/failure; AWS's runtime interface emulator says Timeout/SandboxTerminated.
+    ext = extension(tmp_path)
+    ext.sender = None  # nothing to send to: what is buffered is what the reset produced
+    ext.intake.frame(_frames.START, start("r1", "t", int((time.time() + 60) * 1000), root=ROOT))
+    ext.shutdown({"eventType": "SHUTDOWN", "shutdownReason": spelled, "deadlineMs": int(time.time() * 1000) + 500})
+    (trace,) = buffered(ext)
+    assert trace["properties"]["lambda_status"] == status

@@ -60,6 +60,16 @@ def test_debug_logs_the_drop_with_its_reason() -> None:
     assert "[posthog_lambda] WARNING dropped 2 (no_destination, 2 so far): no POSTHOG_API_KEY" in out.stderr
 
 
+def test_debug_lines_are_printed_once_where_the_root_logger_prints_too() -> None:
+    # As under awslambdaric, which gives the root logger a handler of its own.
+    root = (
+        "import logging, sys\nlogging.basicConfig(stream=sys.stderr, level=logging.DEBUG, format='ROOT %(message)s')\n"
+    )
+    out = run(root + HANDLER, POSTHOG_LAMBDA_DEBUG="1")
+    assert out.stderr.count("dropped 2 (no_destination") == 1
+    assert "ROOT dropped" not in out.stderr
+
+
 def test_api_key_never_appears_in_output() -> None:
     key = "phc_SuperSecretProjectKey123"
     blocked = "import sys; sys.modules['posthog'] = None\n"  # the optional extra is missing
