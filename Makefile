@@ -6,14 +6,17 @@ STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: test lint typecheck unit bench lock clean layer demo
+.PHONY: test lint typecheck unit other-pythons bench lock clean layer demo
+
+# CI runs the whole suite on each of these too (the main venv's Python is the oldest supported).
+OTHER_PYTHONS := 3.12 3.13
 
 $(STAMP): requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -r requirements/dev.txt
 	touch $@
 
-test: lint typecheck layer unit
+test: lint typecheck layer unit other-pythons
 
 $(BENCH_STAMP): $(STAMP) requirements/bench.txt
 	$(PIP) install -r requirements/bench.txt -c requirements/dev.txt
@@ -37,6 +40,21 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
+# A venv per version (.venv-3.X, the same pins), reinstalled when requirements/dev.txt changes.
+other-pythons: $(STAMP) layer
+	@set -e; for version in $(OTHER_PYTHONS); do \
+	  python=$$($(BIN)/python layer/build.py --interpreter $$version); \
+	  venv=.venv-$$version; \
+	  if ! cmp -s requirements/dev.txt $$venv/.installed-dev; then \
+	    echo "== installing the test requirements for Python $$version ($$python)"; \
+	    rm -rf $$venv && $$python -m venv $$venv; \
+	    $$venv/bin/python -m pip --disable-pip-version-check -q install -r requirements/dev.txt; \
+	    cp requirements/dev.txt $$venv/.installed-dev; \
+	  fi; \
+	  echo "== the test suite on Python $$version"; \
+	  $$venv/bin/python -m pytest -q -p no:cacheprovider; \
+	done
+
 # Every benchmark, each with --write: BENCHMARKS.md, README's figures and bench/results/ rewritten.
 bench: layer $(BENCH_STAMP)
 	$(BIN)/python bench/run_all.py
@@ -52,4 +70,4 @@ lock:
 	  /tmp/posthog-lambda-lock/bin/pip freeze | grep -vxFf /tmp/posthog-lambda-lock/dev.freeze ) > requirements/bench.txt
 
 clean:
-	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(addprefix .venv-,$(OTHER_PYTHONS)) build .mypy_cache .ruff_cache .pytest_cache

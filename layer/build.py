@@ -10,6 +10,7 @@ Both directories are allow-lists: a new module of the library never reaches the 
 the development tooling (``posthog_lambda.local``) reaches neither.
 
 python layer/build.py OUT_DIR [ZIP]   (make layer: build/layer and build/posthog-lambda-layer.zip)
+python layer/build.py --interpreter 3.X   the path of this machine's Python 3.X (make test)
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ LIBRARY = ROOT / "src" / "posthog_lambda"
 CONTRACT = ROOT / "src" / "posthog_lambda_contract"
 EXTENSION = ROOT / "extension" / "posthog_lambda_extension"
 NAME = "posthog-lambda"
-SUPPORTED_MINORS = (11, 12, 13)
-"""The Lambda Python runtimes the layer is for: 3.11, 3.12, 3.13."""
+SUPPORTED_MINORS = (11, 12, 13, 14)
+"""The Lambda Python runtimes the layer is for: 3.11 (deprecated by AWS, still running), 3.12,
+3.13, 3.14."""
 EXTENSION_DIR = "posthog-lambda-extension"
 
 LAUNCHER = f"""#!/bin/sh
@@ -159,15 +161,20 @@ def _interpreters() -> list[str]:
     """This interpreter, and one for each other supported version found on PATH or in pyenv."""
     found = {sys.version_info[:2]: sys.executable}
     for minor in SUPPORTED_MINORS:
-        if (3, minor) in found:
-            continue
-        candidates = [shutil.which(f"python3.{minor}")]
-        candidates += sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/3.{minor}.*/bin/python3.{minor}")))
-        for candidate in candidates:
-            if candidate and _version_of(candidate) == (3, minor):
-                found[(3, minor)] = candidate
-                break
+        if (3, minor) not in found:
+            python = interpreter(minor)
+            if python is not None:
+                found[(3, minor)] = python
     return [found[version] for version in sorted(found)]
+
+
+def interpreter(minor: int) -> str | None:
+    """An interpreter of Python 3.``minor`` on this machine (this one, on PATH, or in pyenv)."""
+    if sys.version_info[:2] == (3, minor):
+        return sys.executable
+    candidates = [shutil.which(f"python3.{minor}")]
+    candidates += sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/3.{minor}.*/bin/python3.{minor}")))
+    return next((c for c in candidates if c and _version_of(c) == (3, minor)), None)
 
 
 def _version_of(python: str) -> tuple[int, int] | None:
@@ -195,6 +202,13 @@ def zip_layer(root: Path, archive: Path) -> Path:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--interpreter":
+        # For `make test`, which runs the suite on each Python version CI covers.
+        found = interpreter(int(sys.argv[2].removeprefix("3.")))
+        if found is None:
+            sys.exit(f"no Python {sys.argv[2]} on this machine (looked on PATH and in ~/.pyenv/versions)")
+        print(found)
+        sys.exit(0)
     if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
     built = build(Path(sys.argv[1]))

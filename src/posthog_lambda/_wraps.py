@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -16,7 +18,12 @@ else:
         return func
 
 
-_ASSIGNED = ("__module__", "__name__", "__qualname__", "__doc__", "__annotations__", "__type_params__")
+ANNOTATIONS = "__annotate__" if sys.version_info >= (3, 14) else "__annotations__"
+"""What carries a function's annotations, as ``functools`` copies it. From Python 3.14 (PEP 649)
+it is the function that computes them: reading ``__annotations__`` there evaluates them, which
+raises NameError for a name imported only for type checkers (``if TYPE_CHECKING:``), at the
+moment the user's handler is decorated, in Init."""
+_ASSIGNED = ("__module__", "__name__", "__qualname__", "__doc__", ANNOTATIONS, "__type_params__")
 
 
 def wraps(wrapped: Callable[..., Any]) -> Callable[[W], W]:
@@ -26,7 +33,7 @@ def wraps(wrapped: Callable[..., Any]) -> Callable[[W], W]:
         for name in _ASSIGNED:
             try:
                 value = getattr(wrapped, name)
-            except AttributeError:
+            except Exception:  # absent, or an attribute of the user's own that raises
                 continue
             setattr(wrapper, name, value)
         wrapper.__dict__.update(getattr(wrapped, "__dict__", {}))

@@ -57,8 +57,8 @@ def test_no_native_code_only_python_that_every_target_runtime_parses() -> None:
         assert not path.read_bytes().startswith(b"\x7fELF"), path
     sources = [p for p in files() if p.suffix == ".py"]
     assert len(sources) > 30
-    # 3.11's grammar is the oldest of the supported runtimes (3.11, 3.12, 3.13) and newer
-    # grammars only add to it: source that parses as 3.11 parses on all three.
+    # 3.11's grammar is the oldest of the supported runtimes (3.11 to 3.14) and newer
+    # grammars only add to it: source that parses as 3.11 parses on all of them.
     for path in sources:
         ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 11))
     bytecode = [p for p in files() if p.suffix == ".pyc"]

@@ -298,7 +298,7 @@ def test_layer_and_function_defaults() -> None:
     layer = stack.resource("AWS::Lambda::LayerVersion")
     assert layer["DeletionPolicy"] == "Retain"
     assert layer["Properties"]["LayerName"] == "posthog-lambda"
-    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.11", "python3.12", "python3.13"]
+    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.11", "python3.12", "python3.13", "python3.14"]
     assert layer["Properties"]["CompatibleArchitectures"] == ["x86_64", "arm64"]
     function = stack.resource("AWS::Lambda::Function")["Properties"]
     assert function["Layers"] == [{"Ref": stack.logical_id("AWS::Lambda::LayerVersion")}]
