@@ -62,9 +62,18 @@ FLUSH_BUDGET_S = 5.0
 """The most one flush during an invocation may take, retries included: a PostHog outage must
 not make every invocation last until its timeout. SHUTDOWN uses all the time it has."""
 SHUTDOWN_DEFAULT_S = 2.0
-SHUTDOWN_REASONS = {"spindown": "spindown", "timeout": "timeout", "failure": "failure", "sandboxterminated": "failure"}
-"""Each spelling of a shutdown reason, lowercased, as Lambda spells it on the wire: AWS's runtime
-interface emulator (``sam local``, container images) says ``Timeout`` and ``SandboxTerminated``."""
+SHUTDOWN_REASONS = {
+    "spindown": "spindown",
+    "timeout": "timeout",
+    "failure": "failure",
+    "releasefail": "failure",
+    "reservefail": "failure",
+    "sandboxterminated": "failure",
+}
+"""Each spelling of a shutdown reason, lowercased, as Lambda spells it on the wire. AWS's runtime
+interface emulator (``sam local``, container images) resets with ``Timeout``, ``ReleaseFail``
+(the runtime died) or ``ReserveFail`` (Init failed) and ends with ``SandboxTerminated`` (stopped,
+perhaps in the middle of an invocation, which then did not finish either)."""
 
 
 def shutdown_reason(raw: object) -> str:

@@ -57,7 +57,12 @@ class Deployment:
         (self.function / "app.py").write_text(source)
 
     def environment(
-        self, flush: str = "end", timeout_s: float = 5.0, telemetry_api: str = "on", **env: str
+        self,
+        flush: str = "end",
+        timeout_s: float = 5.0,
+        telemetry_api: str = "on",
+        behaviour: str = "lambda",
+        **env: str,
     ) -> LambdaEnvironment:
         variables = {
             "POSTHOG_LAMBDA_FLUSH": flush,
@@ -69,6 +74,7 @@ class Deployment:
             variables,
             timeout_s=timeout_s,
             telemetry_api=telemetry_api,
+            behaviour=behaviour,
             share=[self.root],  # the socket and spool paths above, which tests also use
         )
 

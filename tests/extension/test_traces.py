@@ -149,7 +149,13 @@ def test_failed_traces_are_fitted_to_the_trace_max_event_bytes_and_bad_records_c
 
 @pytest.mark.parametrize(
     ("spelled", "status"),
-    [("timeout", "timeout"), ("failure", "failure"), ("Timeout", "timeout"), ("SandboxTerminated", "failure")],
+    [
+        ("timeout", "timeout"),
+        ("failure", "failure"),
+        ("Timeout", "timeout"),
+        ("ReleaseFail", "failure"),
+        ("SandboxTerminated", "failure"),
+    ],
 )
 def test_a_reset_is_recognised_however_its_reason_is_spelled(tmp_path: Path, spelled: str, status: str) -> None:
     # Lambda says timeout/failure; AWS's runtime interface emulator says Timeout/SandboxTerminated.

@@ -3,9 +3,7 @@ tests (fixtures/sample_extension.py) and handlers run by the real awslambdaric."
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -15,10 +13,10 @@ from typing import Any
 import pytest
 
 from posthog_lambda.local import LambdaEnvironment
+from tests.local import BACKGROUND_HANDLER, FunctionAndLayer
 
-FIXTURES = Path(__file__).parent / "fixtures"
-
-HANDLERS = """
+HANDLERS = (
+    """
 import json, os, threading, time
 
 LOG = os.environ["TEST_LOG"]
@@ -44,20 +42,6 @@ def slow(event, context):
 def crash(event, context):
     os._exit(3)
 
-ticks = []
-
-def _tick():
-    while True:
-        ticks.append(time.time())
-        time.sleep(0.01)
-
-def background(event, context):
-    if not ticks:
-        threading.Thread(target=_tick, daemon=True).start()
-        time.sleep(0.05)
-        return {"started": True}
-    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
-    return {"largest_gap": max(gaps), "ticks": len(ticks)}
 
 def layer(event, context):
     import greeting
@@ -69,33 +53,17 @@ def layer(event, context):
     with open("/opt/data.txt") as f:
         return {"greeting": greeting.GREETING, "data": f.read(), "file": greeting.__file__, "writable": writable}
 """
+    + BACKGROUND_HANDLER
+)
 
 
-class Setup:
+class Setup(FunctionAndLayer):
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.function = root / "function"
-        self.function.mkdir()
-        (self.function / "handlers.py").write_text(HANDLERS)
-        self.layer = root / "layer"
-        (self.layer / "extensions").mkdir(parents=True)
-        self.log = root / "events.jsonl"
-        self.log.touch()
-        self.extensions: dict[str, dict[str, Any]] = {}
-
-    def extension(self, name: str, **config: Any) -> None:
-        path = self.layer / "extensions" / name
-        path.write_text(f"#!{sys.executable} -S\n" + (FIXTURES / "sample_extension.py").read_text())
-        path.chmod(0o755)
-        self.extensions[name] = config
+        super().__init__(root, HANDLERS, "sample_extension.py")
 
     def environment(self, handler: str = "handlers.echo", **kwargs: Any) -> LambdaEnvironment:
-        env = {"TEST_LOG": str(self.log), "TEST_EXTENSIONS": json.dumps(self.extensions), "MY_SETTING": "on"}
+        env = {**self.variables(), "MY_SETTING": "on"}
         return LambdaEnvironment(self.function, handler, layer_dir=self.layer, env=env, share=[self.root], **kwargs)
-
-    def records(self, who: str | None = None, what: str | None = None) -> list[dict[str, Any]]:
-        lines = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
-        return [r for r in lines if who in (None, r["who"]) and what in (None, r["what"])]
 
 
 @pytest.fixture

@@ -24,12 +24,13 @@ from typing import Any
 import pytest
 
 from posthog_lambda.local import InvokeResult, LambdaEnvironment
-from tests.local import posthog_lambda_command
+from tests.local import BACKGROUND_HANDLER, posthog_lambda_command
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LMI = "lambda-managed-instances"
 
-HANDLERS = """
+HANDLERS = (
+    """
 import http.client, json, os, signal, socket, threading, time
 
 HUB = os.environ["TEST_HUB"]
@@ -90,23 +91,12 @@ def crash(event, context):
         os.kill(os.getpid(), signal.SIGKILL)
     os._exit(3)
 
-ticks = []
-
-def _tick():
-    while True:
-        ticks.append(time.time())
-        time.sleep(0.01)
-
-def background(event, context):
-    if not ticks:
-        threading.Thread(target=_tick, daemon=True).start()
-        return {"started": True}
-    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
-    return {"largest_gap": max(gaps), "ticks": len(ticks)}
 
 def main(event, context):
     return globals()[event.get("do", "echo")](event, context)
 """
+    + BACKGROUND_HANDLER
+)
 
 
 class Hub:

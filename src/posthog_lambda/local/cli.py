@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .capture_server import CaptureServer, ReceivedRequest
 from .capture_server.received import events_text
-from .emulator import LIFECYCLES, InitResult, InvokeResult, LambdaEnvironment, SandboxError, ShutdownResult
+from .emulator import BEHAVIOURS, LIFECYCLES, InitResult, InvokeResult, LambdaEnvironment, SandboxError, ShutdownResult
+from .emulator.behaviour import LAMBDA
 from .emulator.lifecycle import MANAGED_INSTANCES, ON_DEMAND
 from .emulator.managed import ManagedInstancesEnvironment
 
@@ -55,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
         "--max-concurrency",
         type=int,
         help="lambda-managed-instances: invocations served at once, and sent at once (default 4)",
+    )
+    parser.add_argument(
+        "--behaviour",
+        choices=BEHAVIOURS,
+        default=LAMBDA,
+        help="lambda (default) or runtime-interface-emulator: on-demand as AWS's emulator runs it (sam local, "
+        "container images): its SHUTDOWN reasons, Telemetry API answered 202 Telemetry.NotSupported, the "
+        "response held until every extension is back in next, no freezing",
     )
     return parser
 
@@ -101,6 +110,8 @@ def local(argv: Sequence[str]) -> int:
         parser.error("--max-concurrency goes with --lifecycle lambda-managed-instances")
     if options.max_concurrency is not None and options.max_concurrency < 1:
         parser.error("--max-concurrency must be 1 or more")
+    if options.behaviour != LAMBDA and options.lifecycle != ON_DEMAND:
+        parser.error(f"--behaviour {options.behaviour} goes with --lifecycle {ON_DEMAND}")
     event = json.loads(options.event.read_text()) if options.event else {}
     env = dict(item.split("=", 1) for item in options.env if "=" in item)
     try:
@@ -114,10 +125,13 @@ def local(argv: Sequence[str]) -> int:
             echo_logs=print if options.logs else None,
             lifecycle=options.lifecycle,
             max_concurrency=options.max_concurrency,
+            behaviour=options.behaviour,
         ) as lambda_env:
             if isinstance(lambda_env, ManagedInstancesEnvironment):
                 _invoke_concurrently(lambda_env, event, options.times)
             else:
+                if options.behaviour != LAMBDA:
+                    print(f"environment: {ON_DEMAND}, behaving as the {options.behaviour}", flush=True)
                 for number in range(1, options.times + 1):
                     print(_invocation(number, lambda_env.invoke(event)), flush=True)
             print(_shutdown(lambda_env.shutdown()), flush=True)

@@ -1,6 +1,8 @@
 """The local Lambda execution environment, by topic.
 
 - ``lifecycle``: :class:`LambdaEnvironment`, Init, Invoke and Shutdown, freezing and resets;
+- ``behaviour``: where the Runtime Interface Emulator's lifecycle differs from Lambda's
+  (``behaviour="runtime-interface-emulator"``), each difference with where RIE's source has it;
 - ``managed``: the Lambda Managed Instances lifecycle (``lifecycle="lambda-managed-instances"``):
   concurrent invocations in worker processes, never frozen, extensions for SHUTDOWN only;
 - ``results``: what an Init, an invocation and a shutdown report;
@@ -15,6 +17,7 @@
 
 from __future__ import annotations
 
+from .behaviour import BEHAVIOURS
 from .extensions import ExtensionsApi, ExtensionState
 from .lifecycle import LIFECYCLES, TELEMETRY_MODES, LambdaEnvironment
 from .managed import ManagedInstancesEnvironment
@@ -22,6 +25,7 @@ from .results import ExtensionInit, ExtensionShutdown, InitResult, InvokeResult,
 from .sandbox import SandboxError
 
 __all__ = [
+    "BEHAVIOURS",
     "LIFECYCLES",
     "TELEMETRY_MODES",
     "ExtensionInit",

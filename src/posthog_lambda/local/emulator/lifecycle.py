@@ -15,6 +15,21 @@ That is the ``on-demand`` lifecycle (also what provisioned concurrency does once
 functions can have: many invocations at once in one environment that is never frozen. It is the
 same class to its users; its lifecycle is in ``managed`` (:class:`ManagedInstancesEnvironment`,
 which this class becomes for that lifecycle), built from the same pieces and the hooks below.
+
+``LambdaEnvironment(..., behaviour="runtime-interface-emulator")`` runs the on-demand lifecycle
+as AWS's Runtime Interface Emulator (RIE: ``sam local``, container images run locally) runs it,
+where that differs from Lambda (each difference, and where in RIE's source it was found, is in
+``behaviour``): SHUTDOWN's reason is spelled ``Timeout``, ``ReleaseFail`` (a runtime or
+extension that exits) or ``SandboxTerminated`` (the environment's end: RIE stopped), ``spindown``
+after a failed Init; every Telemetry and Logs API subscription is answered 202
+``Telemetry.NotSupported`` (``Logs.NotSupported``) and nothing is delivered; the caller is
+answered once every extension is back in ``next`` (``response_latency_ms`` is measured to then;
+``post_runtime_ms`` still runs from the runtime's response to the last extension's ``next``, time
+the caller now waits too), a failed invocation once its reset is over; nothing is frozen between
+invocations; at shutdown the runtime has 600 ms after SIGTERM and the extensions get SHUTDOWN
+only after it. An extension still busy with the invocation when a reset comes gets SHUTDOWN only
+if it calls ``next`` before the deadline; otherwise it is SIGKILLed at the deadline (``killed`` in
+the :class:`ShutdownResult`), on Lambda and under RIE alike.
 """
 
 from __future__ import annotations
@@ -33,6 +48,7 @@ import weakref
 from pathlib import Path
 from typing import ClassVar, cast
 
+from .behaviour import BEHAVIOURS, BY_NAME, INIT_FAILURE, LAMBDA, SPINDOWN
 from .extensions import ExtensionsApi, epoch_ms_in, function_arn, invoke_event, new_trace_header, shutdown_event
 from .processes import ExtensionProcess, Process, RuntimeProcess
 from .results import ExtensionInit, ExtensionShutdown, InitResult, InvokeResult, ShutdownResult
@@ -82,6 +98,8 @@ class LambdaEnvironment:
     ``TELEMETRY_MODES``). ``lifecycle="lambda-managed-instances"`` makes it a Lambda Managed
     Instances environment serving up to ``max_concurrency`` (default 4) invocations at once
     (see ``managed``); ``max_concurrency`` means nothing to the on-demand lifecycle.
+    ``behaviour`` (``BEHAVIOURS``) is ``"lambda"`` or, for the on-demand lifecycle only,
+    ``"runtime-interface-emulator"``: behave as AWS's emulator does (see ``behaviour``).
 
     Its processes share a ``/tmp`` of their own (``tmp_dir`` on this machine), as on AWS, so two
     environments never meet there; ``share`` names directories under this machine's ``/tmp``
@@ -129,6 +147,7 @@ class LambdaEnvironment:
         share: Sequence[str | Path] = (),
         lifecycle: str = ON_DEMAND,
         max_concurrency: int | None = None,
+        behaviour: str = LAMBDA,
     ) -> None:
         if telemetry_api not in TELEMETRY_MODES:
             raise ValueError(f"telemetry_api={telemetry_api!r}: one of {', '.join(TELEMETRY_MODES)}")
@@ -142,6 +161,16 @@ class LambdaEnvironment:
             max_concurrency = DEFAULT_MAX_CONCURRENCY if lifecycle == MANAGED_INSTANCES else 1
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise ValueError(f"max_concurrency={max_concurrency!r}: a whole number, 1 or more")
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"behaviour={behaviour!r}: one of {', '.join(BEHAVIOURS)}")
+        if behaviour != LAMBDA and lifecycle != ON_DEMAND:
+            raise ValueError(f"behaviour={behaviour!r} is for the on-demand lifecycle only, not {lifecycle!r}")
+        if behaviour != LAMBDA and telemetry_api != "on":
+            # The emulator's Telemetry API is a stub of its own: there is nothing left to break.
+            raise ValueError(f"telemetry_api={telemetry_api!r} goes with behaviour='lambda' only")
+        self.behaviour = behaviour
+        """Whom the environment behaves as: Lambda, or the Runtime Interface Emulator."""
+        self._behaves_as = BY_NAME[behaviour]
         self.lifecycle = lifecycle
         self.max_concurrency = max_concurrency
         """How many invocations the environment serves at once (1 for on-demand)."""
@@ -286,7 +315,7 @@ class LambdaEnvironment:
         if self._phase == "down":
             result = self._init()
             if result.error is not None:
-                self._reset("failure")
+                self._reset(INIT_FAILURE)
             return result
         assert self._last_init is not None
         return self._last_init
@@ -382,7 +411,7 @@ class LambdaEnvironment:
         if self._phase == "down":
             init = self._init()
             if init.error is not None:
-                self._reset("failure")
+                self._reset(INIT_FAILURE)
                 return InvokeResult(
                     request_id, "failure", error={"errorType": "InitError", "errorMessage": init.error}, init=init
                 )
@@ -442,6 +471,9 @@ class LambdaEnvironment:
             return self._fail(result, failure, started, timeout)
         ended = max([runtime.next_at or 0.0, *(e.last_next or 0.0 for e in self._extensions)])
         result.post_runtime_ms = _ms(max(0.0, ended - runtime.responded))
+        if self._behaves_as.replies_after_extensions:
+            # The response was held until now: the caller waited for the extensions too.
+            result.response_latency_ms = _ms(ended - started)
         result.duration_ms = _ms(ended - started)
         result.billed_duration_ms = math.ceil(result.duration_ms)
         result.max_memory_used_mb = self._max_memory_mb()
@@ -476,6 +508,9 @@ class LambdaEnvironment:
             {"requestId": result.request_id, "status": result.status, "metrics": {"durationMs": result.duration_ms}},
         )
         self._reset(result.status)
+        if self._behaves_as.replies_after_extensions:
+            # Answered once the reset has run, SHUTDOWN's whole budget if an extension takes it.
+            result.response_latency_ms = _ms(time.monotonic() - started)
         return result
 
     def _max_memory_mb(self) -> int:
@@ -498,6 +533,8 @@ class LambdaEnvironment:
             return [p for p in [self._runtime, *self._extensions] if p is not None and p.exited is None]
 
     def _freeze(self) -> None:
+        if not self._behaves_as.freezes:
+            return
         self._running.clear()
         self._telemetry.quiesce()
         for process in self._processes():
@@ -524,33 +561,46 @@ class LambdaEnvironment:
         return [runtime.process.pid] if runtime is not None and runtime.exited is None else []
 
     def idle(self, seconds: float) -> None:
-        """Let time pass between invocations, with the environment frozen as on AWS."""
+        """Let time pass between invocations, with the environment frozen as on AWS (running,
+        under the Runtime Interface Emulator's behaviour)."""
         time.sleep(seconds)
 
     # -- Shutdown -----------------------------------------------------------------------------
 
-    def shutdown(self, reason: str = "spindown") -> ShutdownResult:
-        """Send SHUTDOWN, give the environment its 2,000 ms, then kill what is left."""
+    def shutdown(self, reason: str = SPINDOWN) -> ShutdownResult:
+        """Send SHUTDOWN, give the environment its 2,000 ms, then kill what is left. ``reason``
+        is the lifecycle's (``spindown``, ``timeout``, ``failure``); the extensions get it, and
+        the result has it, as the behaviour spells it."""
         self._thaw()
         # Records produced while frozen (the last report) are long due: let them arrive first.
         self._telemetry.drain(timeout=0.5)
         started = time.monotonic()
         deadline = started + SHUTDOWN_LIMIT_S
         deadline_ms = epoch_ms_in(SHUTDOWN_LIMIT_S)
+        spelled = self._behaves_as.shutdown_reason(reason)
         with self._cond:
             self._phase = "shutdown"
             running = [e for e in self._extensions if e.exited is None]
-            self._extensions_api.hand(shutdown_event(reason, deadline_ms), running)
             runtime = self._runtime
             registered = any(e.id for e in self._extensions)
+
+        def hand_shutdown() -> None:
+            # Busy ones find it at their next call to next, if that comes before the deadline.
+            with self._cond:
+                self._extensions_api.hand(shutdown_event(spelled, deadline_ms), running)
+
+        if not self._behaves_as.runtime_first:
+            hand_shutdown()
         if runtime is not None and not self._runtime_exited(runtime):
             # With extensions registered the runtime gets SIGTERM and a moment; without, SIGKILL.
             signal_group(runtime.process, signal.SIGTERM if registered or self._SIGTERM_ALWAYS else signal.SIGKILL)
-            self._wait_until(
-                lambda: self._runtime_exited(runtime), min(deadline, time.monotonic() + self._RUNTIME_GRACE_S)
-            )
+            grace = self._behaves_as.runtime_grace_s
+            grace = self._RUNTIME_GRACE_S if grace is None else grace
+            self._wait_until(lambda: self._runtime_exited(runtime), min(deadline, time.monotonic() + grace))
             if not self._runtime_exited(runtime):
                 signal_group(runtime.process, signal.SIGKILL)
+        if self._behaves_as.runtime_first:
+            hand_shutdown()
         for extension in self._extensions:
             # Only those told about the shutdown can act on it; the rest are killed at once.
             if "SHUTDOWN" in extension.events:
@@ -563,7 +613,7 @@ class LambdaEnvironment:
             exit_ms = None if killed or extension.exited is None else _ms(max(0.0, extension.exited - started))
             measurements.append(ExtensionShutdown(extension.name, exit_ms, killed))
         self._kill_everything()
-        result = ShutdownResult(reason, _ms(SHUTDOWN_LIMIT_S), measurements)
+        result = ShutdownResult(spelled, _ms(SHUTDOWN_LIMIT_S), measurements)
         self.shutdowns.append(result)
         return result
 
@@ -583,7 +633,8 @@ class LambdaEnvironment:
         return runtime.exited is not None
 
     def _reset(self, reason: str) -> None:
-        """Timeout, crash, failed Init: shut the environment down; the next invoke re-inits."""
+        """Timeout, crash (``failure``), failed Init (``init-failure``): shut the environment
+        down; the next invoke re-inits."""
         self.shutdown(reason)
 
     def _kill_everything(self) -> None:
@@ -646,6 +697,11 @@ class LambdaEnvironment:
     def note(self, who: str, what: str) -> None:
         with self._cond:
             self.timeline.append((time.monotonic(), who, what))
+
+    def subscription_stub(self, path: str) -> bytes | None:
+        """The body a subscription to ``path`` is answered 202 with, unserved, if the behaviour
+        stubs that API out; otherwise None (see :meth:`telemetry_subscribe`)."""
+        return self._behaves_as.subscription_stubs.get(path)
 
     def telemetry_subscribe(self, identifier: str | None, body: Any) -> tuple[int, dict[str, Any] | str]:
         with self._cond:

@@ -36,9 +36,13 @@ class InvokeResult:
     """The handler's response, decoded from JSON when it is JSON."""
     error: dict[str, Any] | None = None
     response_latency_ms: float | None = None
-    """From the invoke to the runtime posting its response: what the caller waits."""
+    """From the invoke to the caller's answer: what the caller waits. On Lambda that is the
+    runtime posting its response; under ``behaviour="runtime-interface-emulator"`` the last
+    ``next`` of the runtime and every extension (and, for an invocation that failed or timed
+    out, the end of its reset), as the emulator holds the response until then."""
     post_runtime_ms: float | None = None
-    """From the response to the last extension's ``next``: billed time the caller does not wait."""
+    """From the response to the last extension's ``next``: billed time that, on Lambda, the
+    caller does not wait (under the emulator's behaviour it does: it is in the latency)."""
     duration_ms: float = 0.0
     billed_duration_ms: int = 0
     max_memory_used_mb: int = 0
@@ -58,5 +62,6 @@ class ExtensionShutdown:
 @dataclass
 class ShutdownResult:
     reason: str
+    """As the SHUTDOWN event spelled it (the behaviour's spelling)."""
     deadline_ms: float
     extensions: list[ExtensionShutdown]

@@ -205,6 +205,10 @@ class TelemetryRoutes(_RouteSet):
     }
 
     def subscribe(self, request: Request) -> Answer:
+        stub = self.owner.subscription_stub(request.path)
+        if stub is not None:
+            # Where the API is a stub (the Runtime Interface Emulator), nothing is checked.
+            return Answer(202, stub)
         status, payload = self.owner.telemetry_subscribe(request.extension_id, json_or_text(request.body))
         return Answer(status, payload)
 
