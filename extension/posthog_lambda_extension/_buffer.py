@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 
-from ._drops import Drops
+from ._drops import DROPPED_EVENT, Drops
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -89,9 +89,14 @@ class Buffer:
             self._size -= oldest.size
             if oldest.in_flight:
                 oldest.evicted = True  # counted by end() unless its request succeeds
-            else:
+            elif not self._lost(oldest):
                 lost += 1
         return lost
+
+    def _lost(self, entry: Entry) -> bool:
+        """An entry is gone before PostHog had it: True if it was a drop report, whose counts go
+        back to the pending ones (a loss is reported, never lost itself)."""
+        return entry.name == DROPPED_EVENT and self._drops.restore(entry.data)
 
     def stats(self) -> Stats:
         with self._lock:
@@ -132,7 +137,7 @@ class Buffer:
             for entry in entries:
                 if entry.evicted:
                     entry.evicted = False
-                    lost += 1
+                    lost += 0 if self._lost(entry) else 1
                 entry.in_flight = False
         if lost:
             self._drops.add(FULL, lost, f"more than {self.limit} bytes of events waiting; the oldest went first")

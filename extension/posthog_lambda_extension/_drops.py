@@ -9,6 +9,7 @@ loss that is only logged is invisible to whoever reads PostHog.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 
@@ -51,17 +52,48 @@ class Drops:
             pending, self._pending = self._pending, {}
         return pending
 
+    def restore(self, data: bytes) -> bool:
+        """A report (``dropped_event``'s JSON) was itself lost before PostHog had it: its counts
+        are pending again, for the next report (so a long outage's losses are all reported once
+        PostHog is back). False if ``data`` is not such a report."""
+        counts = counts_of(data)
+        if counts is None:
+            return False
+        with self._lock:
+            for reason, count in counts.items():
+                self._pending[reason] = self._pending.get(reason, 0) + count
+        return True
+
     def totals(self) -> dict[str, int]:
         """Everything dropped since start-up, by reason."""
         with self._lock:
             return dict(self._totals)
 
 
+NOT_COUNTS = ("posthog_lambda_dropped_total", "lambda_function_name")
+
+
+def counts_of(data: bytes) -> dict[str, int] | None:
+    """The counts a report's JSON carries; None if it is not a report."""
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return None
+    properties = event.get("properties") if isinstance(event, dict) else None
+    if event.get("event") != DROPPED_EVENT or not isinstance(properties, dict):
+        return None
+    return {
+        key: value
+        for key, value in properties.items()
+        if key not in NOT_COUNTS and isinstance(value, int) and not isinstance(value, bool)
+    }
+
+
 def dropped_event(counts: dict[str, int]) -> Event:
     """The event carrying ``counts``, made by the one event builder: no person profile."""
     properties: dict[str, Any] = dict(counts)
-    properties["posthog_lambda_dropped_total"] = sum(counts.values())
+    properties[NOT_COUNTS[0]] = sum(counts.values())
     function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
     if function:
-        properties["lambda_function_name"] = function
+        properties[NOT_COUNTS[1]] = function
     return make_event(DROPPED_EVENT, HEADER, properties, None, now())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from posthog_lambda_extension._buffer import ENTRY_OVERHEAD, FULL, Buffer
-from posthog_lambda_extension._drops import Drops
+from posthog_lambda_extension._drops import DROPPED_EVENT, Drops, dropped_event
 from tests.extension import data, make_event
 
 
@@ -122,3 +122,37 @@ def test_replace_updates_the_byte_count() -> None:
     buffer.end([entry])
     assert buffer.stats().size == 2 + ENTRY_OVERHEAD
     assert entry.truncated
+
+
+def test_a_drop_report_pushed_out_while_posthog_is_down_keeps_its_counts() -> None:
+    # Each flush that fails leaves a report in the buffer; the oldest go first: the losses they
+    # carry must reach PostHog in a later report, however long the outage.
+    drops = Drops()
+    size = entry_size(1000)
+    buffer = Buffer(size * 3, drops)
+    for _ in range(4):
+        add(buffer, 1000)
+    counts = drops.take()
+    assert counts == {FULL: 1}
+    report = dropped_event(counts)
+    assert buffer.add(report["uuid"], DROPPED_EVENT, data(report))
+    for _ in range(3):
+        add(buffer, 1000)  # the report is among the oldest now: evicted
+    assert report["uuid"] not in {e.uuid for e in buffer.begin()}
+    pending = drops.take()
+    # The report's own count came back; the report itself is no user event lost.
+    assert pending == {FULL: 1 + 3}
+    assert drops.totals() == {FULL: 4}
+
+
+def test_a_drop_report_evicted_in_flight_keeps_its_counts_if_its_request_fails() -> None:
+    drops = Drops()
+    size = entry_size(1000)
+    buffer = Buffer(size * 2, drops)
+    report = dropped_event({"frames_bad_json": 5})
+    assert buffer.add(report["uuid"], DROPPED_EVENT, data(report))
+    taken = buffer.begin()
+    add(buffer, 1000)
+    add(buffer, 1000)  # pushes the report out while its request is in flight
+    buffer.end(taken)  # the request failed
+    assert drops.take() == {"frames_bad_json": 5}
