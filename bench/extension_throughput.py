@@ -23,6 +23,7 @@ everything before it on the connection has been taken in by then.
 from __future__ import annotations
 
 import re
+import socket
 import sys
 import tempfile
 import time
@@ -58,6 +59,10 @@ def throughput(bootstrap: Path, tmp: Path, rounds: int) -> dict[str, list[float]
     )
     try:
         api.wait_next(1)
+        # As the library does while a handler is decorated (Init): the extension then knows the
+        # function is traced, and waits for each invocation's END.
+        decorated = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        decorated.connect(extension.socket_path)
         for n, traffic in enumerate(traffics):
             before = len(server.unique_events())
             api.invoke(traffic.last_request_id, DEADLINE_S)
@@ -73,6 +78,7 @@ def throughput(bootstrap: Path, tmp: Path, rounds: int) -> dict[str, list[float]
             samples["in"].append(events / (taken - started))
             samples["out"].append(events / (sent - taken))
             samples["both"].append(events / (sent - started))
+        decorated.close()
     finally:
         extension.kill()
         api.close()
