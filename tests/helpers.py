@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def layer_build() -> Any:
+    """``layer/build.py`` as a module: the one recipe for the layer, its supported runtimes and
+    how it finds an interpreter for each."""
+    spec = importlib.util.spec_from_file_location("layer_build", ROOT / "layer" / "build.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class LambdaContext:

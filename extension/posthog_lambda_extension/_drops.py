@@ -70,7 +70,10 @@ class Drops:
             return dict(self._totals)
 
 
-NOT_COUNTS = ("posthog_lambda_dropped_total", "lambda_function_name")
+TOTAL = "posthog_lambda_dropped_total"
+FUNCTION = "lambda_function_name"
+NOT_COUNTS = (TOTAL, FUNCTION)
+"""A report's properties that are not a reason's count."""
 
 
 def counts_of(data: bytes) -> dict[str, int] | None:
@@ -79,8 +82,10 @@ def counts_of(data: bytes) -> dict[str, int] | None:
         event = json.loads(data)
     except ValueError:
         return None
-    properties = event.get("properties") if isinstance(event, dict) else None
-    if event.get("event") != DROPPED_EVENT or not isinstance(properties, dict):
+    if not isinstance(event, dict) or event.get("event") != DROPPED_EVENT:
+        return None
+    properties = event.get("properties")
+    if not isinstance(properties, dict):
         return None
     return {
         key: value
@@ -92,8 +97,8 @@ def counts_of(data: bytes) -> dict[str, int] | None:
 def dropped_event(counts: dict[str, int]) -> Event:
     """The event carrying ``counts``, made by the one event builder: no person profile."""
     properties: dict[str, Any] = dict(counts)
-    properties[NOT_COUNTS[0]] = sum(counts.values())
+    properties[TOTAL] = sum(counts.values())
     function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
     if function:
-        properties[NOT_COUNTS[1]] = function
+        properties[FUNCTION] = function
     return make_event(DROPPED_EVENT, HEADER, properties, None, now())

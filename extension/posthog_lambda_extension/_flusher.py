@@ -38,8 +38,6 @@ class Flusher:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="posthog-lambda-flush", daemon=True)
-        self.flushes = 0
-        """Flushes made so far (tests and debugging)."""
 
     @property
     def wake(self) -> threading.Event:
@@ -74,7 +72,6 @@ class Flusher:
                 if policy.on_tick(now, stats.count, stats.size, stats.oldest, ended) == FLUSH_NOW:
                     ended_seen = extension.invocations.ended_total
                     sent = extension.flush(now + FLUSH_BUDGET_S)
-                    self.flushes += 1
                     sender = extension.sender
                     now = self._clock()
                     if not sent and sender is not None and not sender.ready():

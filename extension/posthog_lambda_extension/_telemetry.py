@@ -201,15 +201,16 @@ class Telemetry:
                 self.invocations.runtime_done(request_id, status if isinstance(status, str) else "")
             elif kind == "platform.report":
                 status = record.get("status")
+                failed = self.managed and status in FAILED
                 with self._arrived:
                     self._reports.append(record)
                     del self._reports[:-RECENT]
                     self._awaited.pop(request_id, None)
-                    if self.managed and status in FAILED:
+                    if failed:
                         self._failed.append((request_id, str(status)))
                         del self._failed[:-RECENT]
                     self._arrived.notify_all()
-                if self.managed and status in FAILED and self.failed is not None:
+                if failed and self.failed is not None:
                     self.failed.set()
 
     def invoked(self, request_id: str) -> None:

@@ -59,6 +59,11 @@ class Announced:
         self.open: dict[str, Sequence[Any]] = {}
         """Span id -> the record of a span announced running and not received since."""
 
+    @property
+    def reportable(self) -> bool:
+        """Whether it can be sent as failed: its header and the record of its ``$ai_trace`` came."""
+        return self.root is not None and self.header is not None
+
 
 class Traces:
     """Written by the frames' threads, read by the main loop."""
@@ -141,7 +146,7 @@ class Traces:
         returned)."""
         with self._lock:
             announced = self._announced.get(request_id)
-            if announced is None or announced.root is None or announced.header is None:
+            if announced is None or not announced.reportable:
                 return None
             del self._announced[request_id]
             return announced
@@ -174,7 +179,7 @@ class Traces:
     def take_unfinished(self) -> list[Announced]:
         """Announced invocations whose trace never came, forgotten as they are returned."""
         with self._lock:
-            unfinished = [a for a in self._announced.values() if a.root is not None and a.header is not None]
+            unfinished = [a for a in self._announced.values() if a.reportable]
             self._announced.clear()
             return unfinished
 

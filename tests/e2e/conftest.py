@@ -3,7 +3,6 @@ in the local Lambda environment, sending to a local PostHog capture server."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,18 +10,10 @@ from typing import Any
 import pytest
 
 from posthog_lambda.local import CaptureServer, LambdaEnvironment
+from tests.helpers import layer_build
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "phc_local"
-
-
-def _build_module() -> Any:
-    spec = importlib.util.spec_from_file_location("layer_build", ROOT / "layer" / "build.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +22,7 @@ def layer_dir() -> Path:
     with the same recipe only when a test run started without it."""
     built = ROOT / "build" / "layer"
     if not (built / "extensions" / "posthog-lambda").exists():
-        _build_module().build(built)
+        layer_build().build(built)
     return built
 
 

@@ -9,7 +9,6 @@ loaded by then, and the process ends there.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import layer_build
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYER = ROOT / "build" / "layer"
@@ -56,12 +57,7 @@ WRAPPER = textwrap.dedent(
 def extension_dir() -> Path:
     """The extension's directory as `make layer` built it (built the same way when missing)."""
     if not (EXTENSION_DIR / "posthog_lambda_extension" / "__main__.py").exists():
-        spec = importlib.util.spec_from_file_location("layer_build", ROOT / "layer" / "build.py")
-        assert spec is not None
-        assert spec.loader is not None
-        build = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(build)
-        build.build(LAYER)
+        layer_build().build(LAYER)
     return EXTENSION_DIR
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -14,22 +13,14 @@ from typing import Any
 import pytest
 
 from posthog_lambda import _wraps, posthog_traced
+from tests.helpers import layer_build
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = [ROOT / "src" / "posthog_lambda", ROOT / "src" / "posthog_lambda_contract", ROOT / "extension"]
 
 
-def _build() -> Any:
-    spec = importlib.util.spec_from_file_location("layer_build", ROOT / "layer" / "build.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_every_place_names_the_same_runtimes() -> None:
-    minors = _build().SUPPORTED_MINORS
+    minors = layer_build().SUPPORTED_MINORS
     runtimes = ", ".join(f"python3.{m}" for m in minors)
     template = (ROOT / "template.yaml").read_text()
     assert f"CompatibleRuntimes: [{runtimes}]" in template
