@@ -160,6 +160,6 @@ def test_a_drop_report_evicted_in_flight_keeps_its_counts_if_its_request_fails()
 
 def test_only_a_drop_report_gives_counts_back() -> None:
     drops = Drops()
-    for data in (b"[1, 2]", b"not json", b'{"event": "$ai_span", "properties": {"x": 1}}', b'{"event": "x"}'):
-        assert drops.restore(data) is False
+    for raw in (b"[1, 2]", b"not json", b'{"event": "$ai_span", "properties": {"x": 1}}', b'{"event": "x"}'):
+        assert drops.restore(raw) is False
     assert drops.take() == {}
