@@ -103,6 +103,14 @@ class Buffer:
             oldest = next(iter(self._entries.values()), None)
             return Stats(len(self._entries), self._size, None if oldest is None else oldest.added)
 
+    def restamp(self) -> None:
+        """After a restore from a snapshot: what waits counts as added now, since the times it
+        was added were read on the clock before the snapshot (no flush decision on them)."""
+        now = self._clock()
+        with self._lock:
+            for entry in self._entries.values():
+                entry.added = now
+
     def begin(self) -> list[Entry]:
         """The entries no flush holds yet, oldest first, now held by the caller's flush."""
         with self._lock:

@@ -16,6 +16,7 @@ import threading
 from posthog_lambda_contract import frames, limits, records
 from posthog_lambda_contract.events import MAX_EVENT_BYTES
 from posthog_lambda_contract.frames import END
+from posthog_lambda_contract.schema import LAMBDA_RESTORED
 
 from . import _log
 from ._traces import Traces
@@ -60,6 +61,9 @@ class Intake:
         said when it was set)."""
         self.arrived: threading.Event | None = None
         """Set after each batch of frames taken in, for a background flusher waiting on it."""
+        self.restored = False
+        """The environment was restored from a SnapStart snapshot: each ``$ai_trace`` says so
+        (``schema.LAMBDA_RESTORED``), whether or not the function's library knew."""
 
     def feed(self, reader: frames.Reader, data: bytes, source: str, stream: Stream | None = None) -> bool:
         """Hand ``data`` to ``reader`` and act on what it yields (noting on ``stream``, a
@@ -120,6 +124,8 @@ class Intake:
             self.drops.add(self.discard, 1, log=False)
             return
         name: str = event["event"]
+        if self.restored and name == "$ai_trace":
+            event.setdefault("properties", {})[LAMBDA_RESTORED] = True
         if self.traces.late(event):
             detail = (
                 f"a {name} of trace {event['properties'].get('$ai_trace_id')} ended after its invocation "

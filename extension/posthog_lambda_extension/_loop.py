@@ -5,7 +5,10 @@ deadline, and the process exits 0 only then: an extension that exits earlier fai
 function's invocations, so whatever goes wrong is logged and the loop goes on. Where no INVOKE
 comes (Lambda Managed Instances), a background thread sends instead (``_flusher``), and
 completes the traces of invocations that timed out or whose process died as Lambda reports them
-(``complete_failed``): there such an invocation fails alone, and the environment goes on.
+(``complete_failed``): there such an invocation fails alone, and the environment goes on. With
+SnapStart, the first event after Init (or a restore record from the Telemetry API, whichever
+comes first) says the environment was restored from its snapshot (``_restore``): what the
+snapshot copied is forgotten (``restored``) before anything is decided on it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ._drops import DROPPED_EVENT, Drops, dropped_event
 from ._intake import Intake, trace_max_event_bytes
 from ._invocations import Invocations
 from ._policy import FLUSH_NOW, WAIT_FOR_END, Policy
+from ._restore import Restore
 from ._server import FrameServer
 from ._settings import Settings
 from ._spool import Spool
@@ -119,6 +123,8 @@ class Extension:
         """Set once subscribed to the Telemetry API."""
         self.flusher: Flusher | None = None
         """Set where no INVOKE comes: the thread that sends."""
+        self.restore = Restore(self.restored) if settings.snap_start else None
+        """With SnapStart: waiting for the sign of the restore from the snapshot."""
 
     def run(self, api: ExtensionsApi, identifier: str, listener: socket.socket | None, *, invokes: bool = True) -> int:
         """Serve frames on ``listener`` (None: there is no socket) and events from ``api``
@@ -135,6 +141,9 @@ class Extension:
         while True:
             event = next_event(api, identifier)
             kind = event.get("eventType")
+            restore = self.restore
+            if restore is not None and restore.awaiting:
+                restore.sign(f"the first event after Init, {kind}")
             try:
                 if kind == "SHUTDOWN":
                     self.shutdown(event)
@@ -174,7 +183,15 @@ class Extension:
         try:
             from ._telemetry import Telemetry
 
-            telemetry = Telemetry(self.invocations, self.intake.traces, managed=self.settings.managed)
+            telemetry = Telemetry(
+                self.invocations,
+                self.intake.traces,
+                managed=self.settings.managed,
+                snap_start=self.settings.snap_start,
+            )
+            if self.restore is not None:
+                restore = self.restore
+                telemetry.restore_seen = lambda kind: restore.sign(f"the Telemetry API's {kind}")
             if telemetry.start(api, identifier):
                 self.telemetry = telemetry
         except Exception as exc:
@@ -192,6 +209,19 @@ class Extension:
             f"no INVOKE events: sending in the background ({self.settings.mode}: "
             f"{self.settings.flush_at} events or {self.settings.flush_interval_ms} ms)"
         )
+
+    def restored(self) -> None:
+        """The environment was restored from its SnapStart snapshot (``_restore``): the connection
+        to PostHog made before it is dropped, times read on the clock before it are forgotten
+        (the sender's backoff, the policy's INVOKE gaps, when buffered events were added), the
+        function's connections made before it are not mid-invocation, and from now on each trace
+        says it ran in a restored environment."""
+        if self.sender is not None:
+            self.sender.restored()
+        self.policy.restored()
+        self.buffer.restamp()
+        self.server.restored()
+        self.intake.restored = True
 
     # -- events from the Extensions API --------------------------------------------------------
 

@@ -31,6 +31,12 @@ NICENESS = 10
 def main(argv: Sequence[str] = ()) -> int:
     """Run the extension as ``argv[0]`` (default ``posthog-lambda``); 0 after SHUTDOWN."""
     settings = Settings(os.environ, argv)
+    if settings.snap_start:
+        # Before anything can make an id: one made before the snapshot must not repeat in every
+        # environment restored from it (``_restore``).
+        from posthog_lambda_contract import ids
+
+        ids.draw_from_kernel()
     _log.debug_enabled = settings.debug
     try:
         api = ExtensionsApi(os.environ.get("AWS_LAMBDA_RUNTIME_API", ""))

@@ -86,6 +86,12 @@ class Policy:
             return True
         return oldest is not None and now - oldest >= self.interval_s
 
+    def restored(self) -> None:
+        """After a restore from a snapshot: the INVOKE times seen before are forgotten (they
+        were read on the clock before the snapshot)."""
+        self._gaps = []
+        self._last_invoke = None
+
     def saw_start(self) -> None:
         self.untraced = False
 

@@ -373,6 +373,16 @@ class Sender:
             self._ssl = ssl.create_default_context()
         return self._ssl
 
+    def restored(self) -> None:
+        """After a restore from a snapshot: the connection kept alive then is dropped unused (each
+        restored environment holds a copy of its TLS state, and PostHog's end is long gone), so
+        the next request connects afresh; and the backoff, whose times were read on the clock
+        before the snapshot, starts over."""
+        self.close()
+        self._last_used = 0.0
+        self.not_before = 0.0
+        self._failed_flushes = 0
+
     def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:

@@ -143,6 +143,13 @@ class FrameServer:
         listener = self._listener
         return listener is not None and bool(_readable([listener]))
 
+    def restored(self) -> None:
+        """After a restore from a snapshot: no invocation was under way on a connection made
+        before it (the function replaces it after the restore: its closing is not a death)."""
+        with self._lock:
+            for stream in self._connections.values():
+                stream.mid_invocation = False
+
     @property
     def connections(self) -> int:
         with self._lock:

@@ -13,6 +13,7 @@ from posthog_lambda_contract.environment import (
     DEFAULT_SOCKET,
     DEFAULT_SPOOL,
     on_managed_instances,
+    on_snap_start,
     parse_flag,
     parse_host,
     parse_int,
@@ -52,6 +53,7 @@ class Settings:
         "mode",
         "name",
         "problems",
+        "snap_start",
         "socket_path",
         "spool_dir",
     )
@@ -67,6 +69,9 @@ class Settings:
         self.host = self._host()
         self.managed = on_managed_instances(environ)
         """On Lambda Managed Instances: no INVOKE, so the extension flushes in the background."""
+        self.snap_start = on_snap_start(environ)
+        """With SnapStart: this process is snapshotted after Init and restored before every
+        invocation (``_restore``)."""
         mode = environ.get(environment.POSTHOG_LAMBDA_FLUSH, "").strip().lower() or "adaptive"
         if mode not in MODES:
             self._problem(environment.POSTHOG_LAMBDA_FLUSH, mode, "is not one of adaptive, end, batch; using adaptive")

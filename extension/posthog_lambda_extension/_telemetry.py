@@ -20,6 +20,15 @@ duration only, and its cost is not per GB-second (the user pays for the instance
 ``lambda_cost_usd``; figures that find their trace already sent are left out rather than sent
 as ``$ai_metric`` events: the trace's own latency says the same, and each event costs money.
 
+With SnapStart every invocation runs in an environment restored from a snapshot taken after
+Init, which Init's own records describe (after a restore they may arrive again, from the
+snapshot's Init, hours old: they carry no request id and are not used). A ``platform.restore*``
+record is a sign of the restore (``_restore``); ``platform.restoreReport``'s duration (or the
+first ``platform.report``'s ``restoreDurationMs``) goes on the first invocation's trace as
+``lambda_restore_duration_ms``, with ``lambda_restore_status`` when the restore did not succeed;
+and a report's ``initDurationMs``, if one came, would be the snapshot's Init, not this
+environment's: it is left out.
+
 A receiver that cannot bind or a subscription that is refused is one log line; the extension
 goes on without it (as before: START/END frames and the deadline).
 """
@@ -34,6 +43,7 @@ import threading
 
 from posthog_lambda_contract import environment, limits
 from posthog_lambda_contract.events import make_event, now
+from posthog_lambda_contract.schema import LAMBDA_RESTORE_DURATION_MS, LAMBDA_RESTORE_STATUS
 
 from . import _log
 from ._invocations import RECENT, forget_oldest
@@ -64,15 +74,20 @@ PRICES_VARIABLE = environment.POSTHOG_LAMBDA_PRICES
 DEFAULT_PRICES = {"x86_64": 0.0000166667, "arm64": 0.0000133334, "request": 0.0000002}
 """USD per GB-second by architecture, and per request (AWS's list prices, us-east-1)."""
 
+INIT_DURATION = "lambda_init_duration_ms"
 # platform.report metric -> property on the $ai_trace (and $ai_metric_name)
 FIGURES = (
     ("billedDurationMs", "lambda_billed_duration_ms"),
     ("durationMs", "lambda_duration_ms"),
     ("memorySizeMB", "lambda_memory_size_mb"),
     ("maxMemoryUsedMB", "lambda_max_memory_used_mb"),
-    ("initDurationMs", "lambda_init_duration_ms"),
+    ("initDurationMs", INIT_DURATION),
+    ("restoreDurationMs", LAMBDA_RESTORE_DURATION_MS),
 )
 COST = "lambda_cost_usd"
+RESTORE_RECORDS = ("platform.restoreStart", "platform.restoreRuntimeDone", "platform.restoreReport")
+RESTORE_FIGURES = (LAMBDA_RESTORE_DURATION_MS, LAMBDA_RESTORE_STATUS)
+"""What the restore gives the first invocation's trace, once."""
 
 
 def subscription(port: int, managed: bool = False) -> dict[str, Any]:
@@ -129,10 +144,21 @@ class Telemetry:
         environ: Mapping[str, str] = os.environ,
         *,
         managed: bool = False,
+        snap_start: bool = False,
     ) -> None:
         self.invocations = invocations
         self.traces = traces
         self.managed = managed
+        self.snap_start = snap_start
+        self.restore_seen: Callable[[str], object] | None = None
+        """Called with the record's type when a ``platform.restore*`` record arrives (``snap_start``
+        only): the sign of the restore (``_restore``)."""
+        self.restore_request: str | None = None
+        """The first invocation after the restore (``snap_start``: the first one invoked)."""
+        self._restore: dict[str, Any] = {}
+        """The restore's figures from its own records (``RESTORE_FIGURES``)."""
+        self._restore_given: set[str] = set()
+        """Those of ``RESTORE_FIGURES`` already on the first invocation's trace."""
         self.failed: threading.Event | None = None
         """Set when a report says an invocation timed out or failed (``managed`` only)."""
         self._failed: list[tuple[str, str]] = []
@@ -191,10 +217,13 @@ class Telemetry:
             if not isinstance(item, dict) or not isinstance(item.get("record"), dict):
                 continue
             record: dict[str, Any] = item["record"]
+            kind = item.get("type")
+            if kind in RESTORE_RECORDS and self.snap_start:
+                self._restored(str(kind), record)
+                continue
             request_id = record.get("requestId")
             if not isinstance(request_id, str) or not request_id:
-                continue
-            kind = item.get("type")
+                continue  # platform.initStart, initReport... (on SnapStart, the snapshot's)
             if kind == "platform.runtimeDone":
                 status = record.get("status")
                 _log.debug(f"runtimeDone {request_id} ({status})")
@@ -213,12 +242,31 @@ class Telemetry:
                 if failed and self.failed is not None:
                     self.failed.set()
 
+    def _restored(self, kind: str, record: Mapping[str, Any]) -> None:
+        """A ``platform.restore*`` record: the restore's figures, and the sign."""
+        figures: dict[str, Any] = {}
+        metrics = record.get("metrics")
+        duration = metrics.get("durationMs") if isinstance(metrics, dict) else None
+        if kind == "platform.restoreReport" and isinstance(duration, int | float) and not isinstance(duration, bool):
+            figures[LAMBDA_RESTORE_DURATION_MS] = duration
+        status = record.get("status")
+        if isinstance(status, str) and status and status != "success":
+            figures[LAMBDA_RESTORE_STATUS] = status
+            _log.once("restore:status", f"Lambda reports the restore from the snapshot as {status} ({kind})")
+        if figures:
+            with self._arrived:
+                self._restore.update(figures)
+        if self.restore_seen is not None:
+            self.restore_seen(kind)
+
     def invoked(self, request_id: str) -> None:
         """An INVOKE: its report is to come."""
         if self.subscribed:
             with self._arrived:
                 self._awaited[request_id] = None
                 forget_oldest(self._awaited)
+                if self.snap_start and self.restore_request is None:
+                    self.restore_request = request_id
 
     def take_failed(self) -> list[tuple[str, str]]:
         """(request id, status) of each invocation reported timed out or failed since the last
@@ -242,16 +290,55 @@ class Telemetry:
             reports, self._reports = self._reports, []
         applied = 0
         for report in reports:
-            trace = self.traces.get(report["requestId"])
-            figures = self.figures(report)
+            request_id = report["requestId"]
+            trace = self.traces.get(request_id)
+            figures: dict[str, Any] = self.figures(report)
+            if self.snap_start:
+                self._with_restore(request_id, figures)
             if trace is None or not figures:
                 continue  # an untraced invocation: nothing to link the figures to
             applied += 1
-            if intake.buffer.patch(trace.uuid, _adder(figures)) or self.managed:
-                continue
-            for event in metric_events(trace, report["requestId"], figures):
-                intake.event(event)
+            self._give(intake, trace, request_id, figures)
+        if self.snap_start:
+            self._give_restore(intake)
         return applied
+
+    def _give(self, intake: Intake, trace: BufferedTrace, request_id: str, figures: Mapping[str, Any]) -> None:
+        """``figures`` onto the buffered trace, else as ``$ai_metric`` events (numbers only)."""
+        if self.snap_start:
+            with self._arrived:
+                self._restore_given.update(name for name in RESTORE_FIGURES if name in figures)
+        if intake.buffer.patch(trace.uuid, _adder(figures)) or self.managed:
+            return
+        numbers = {k: v for k, v in figures.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        for event in metric_events(trace, request_id, numbers):
+            intake.event(event)
+
+    def _with_restore(self, request_id: str, figures: dict[str, Any]) -> None:
+        """A report's figures on SnapStart: the restore's go to the first invocation, once (from
+        the report itself, else from the restore's records); Init's are the snapshot's, left out."""
+        figures.pop(INIT_DURATION, None)
+        with self._arrived:
+            first = request_id == self.restore_request
+            for name in RESTORE_FIGURES:
+                value = figures.pop(name, None)
+                if not first or name in self._restore_given:
+                    continue
+                value = self._restore.get(name) if value is None else value
+                if value is not None:
+                    figures[name] = value
+
+    def _give_restore(self, intake: Intake) -> None:
+        """The restore's figures that came after the first invocation's report (or before its
+        trace), onto that trace once it is there."""
+        with self._arrived:
+            request_id = self.restore_request
+            left = {name: value for name, value in self._restore.items() if name not in self._restore_given}
+        if request_id is None or not left:
+            return
+        trace = self.traces.get(request_id)
+        if trace is not None:
+            self._give(intake, trace, request_id, left)
 
     def figures(self, report: Mapping[str, Any]) -> dict[str, float]:
         """The properties a report gives its trace, the estimated cost included."""
@@ -290,11 +377,11 @@ def metric_events(trace: BufferedTrace, request_id: str, figures: Mapping[str, f
     ]
 
 
-def _adder(figures: Mapping[str, float]) -> Callable[[bytes], bytes | None]:
+def _adder(figures: Mapping[str, Any]) -> Callable[[bytes], bytes | None]:
     return lambda data: _with_properties(data, figures)
 
 
-def _with_properties(data: bytes, figures: Mapping[str, float]) -> bytes | None:
+def _with_properties(data: bytes, figures: Mapping[str, Any]) -> bytes | None:
     try:
         event = json.loads(data)
     except ValueError:

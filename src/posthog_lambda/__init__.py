@@ -6,6 +6,7 @@ on every cold start. ``ContextExecutor``, ``Sink`` and ``Event`` load on first u
 
 from __future__ import annotations
 
+from . import _restore
 from ._config import configure
 from ._context import carry_context
 from ._drops import dropped_counts
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from ._types import Event, Sink
 
 __version__ = "0.1.0"
+
+_restore.arm()  # on SnapStart, before anything can make an id
 
 __all__ = [
     "ContextExecutor",

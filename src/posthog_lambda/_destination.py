@@ -86,6 +86,20 @@ def connect_early() -> None:
         logger.exception("connecting to the extension early failed; it connects at the first hand-off")
 
 
+def reconnect() -> None:
+    """After a restore from a snapshot: the extension's connection opened during Init is
+    replaced by a new one, opened now (as ``connect_early`` does in Init). Never raises."""
+    chosen = _chosen
+    if chosen is None:
+        return  # nothing chose the extension before the snapshot: nothing to replace
+    try:
+        renew = getattr(chosen[1], "reconnect", None)
+        if callable(renew):
+            renew()
+    except Exception:
+        logger.exception("reconnecting to the extension after the restore failed; it connects at the first hand-off")
+
+
 def reset() -> None:
     """Forget the chosen exporter, closing its connection (``testing.reset()``)."""
     global _chosen

@@ -1,4 +1,4 @@
-"""What the library reads from Lambda: the context object, the environment, cold starts."""
+"""What the library reads from Lambda: the context object, the environment, cold starts, restores."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import time
 
 from posthog_lambda_contract import environment
+from posthog_lambda_contract.schema import LAMBDA_RESTORED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -17,6 +18,19 @@ _managed = environment.on_managed_instances(os.environ)
 """Read once: Lambda sets it before the runtime starts."""
 ALREADY_INITIALIZED = ("provisioned-concurrency", environment.MANAGED_INSTANCES)
 """Where no invocation ever waits for an Init: it happens before any request is routed."""
+
+
+_restored = False
+"""This process was restored from a SnapStart snapshot (``_restore``)."""
+
+
+def mark_restored() -> None:
+    """This process was just restored from a SnapStart snapshot: each of its traces says so, and
+    its next traced invocation is its first in this environment, whatever Init did (a warm-up
+    call there happened once, for every environment restored from the snapshot)."""
+    global _fresh, _restored
+    _restored = True
+    _fresh = True
 
 
 def on_managed_instances() -> bool:
@@ -79,7 +93,9 @@ def lambda_properties(context: Any, first: bool) -> dict[str, Any]:
     one, except where Init happens before any request is routed (provisioned concurrency, and
     Lambda Managed Instances, where each worker process has its own Init but none delays an
     invocation); there ``lambda_first_invocation_in_process`` says which invocation a process
-    served first (its module-level caches were empty)."""
+    served first (its module-level caches were empty). With SnapStart, the first invocation
+    after a restore is the cold start (it waited for the restore), and ``lambda_restored`` is
+    true on every invocation of a restored process (``schema.LAMBDA_RESTORED``)."""
     cold_start = first and os.environ.get(environment.INITIALIZATION_TYPE) not in ALREADY_INITIALIZED
     memory: int | None
     try:
@@ -107,4 +123,6 @@ def lambda_properties(context: Any, first: bool) -> dict[str, Any]:
         concurrency = environment.parse_int(os.environ.get(environment.MAX_CONCURRENCY, ""))
         if concurrency is not None:
             props["lambda_max_concurrency"] = concurrency
+    if _restored:
+        props[LAMBDA_RESTORED] = True
     return {k: v for k, v in props.items() if v is not None}

@@ -180,6 +180,19 @@ class SocketExporter:
                 logger.debug("socket %s not reachable yet (%s)", self.path, exc)
                 self._close()
 
+    def reconnect(self) -> None:
+        """Replace the connection (and the spool file's name) made before a restore from a
+        snapshot with new ones, connecting now as ``connect`` does. Every environment restored
+        from the snapshot holds a copy of the old ones, made for the one that ran Init."""
+        with self._lock:
+            self._close()
+            self._spool_file = self._spool_name()
+            try:
+                self._send(b"")
+            except OSError as exc:
+                logger.debug("socket %s not reachable after the restore (%s)", self.path, exc)
+                self._close()
+
     def close(self) -> None:
         with self._lock:
             self._close()

@@ -136,6 +136,18 @@ def on_managed_instances(environ: Mapping[str, str]) -> bool:
     return environ.get(INITIALIZATION_TYPE, "").strip() == MANAGED_INSTANCES
 
 
+SNAP_START = "snap-start"
+"""``INITIALIZATION_TYPE`` with Lambda SnapStart: Init runs once, Lambda snapshots the memory of
+the whole environment (the runtime's and the extensions' processes) and every invocation runs in
+an environment restored from that snapshot, with whatever Init made, copied."""
+
+
+def on_snap_start(environ: Mapping[str, str]) -> bool:
+    """Whether ``environ`` is that of a SnapStart environment (snapshotted after Init, restored
+    before any invocation)."""
+    return environ.get(INITIALIZATION_TYPE, "").strip() == SNAP_START
+
+
 # -- reading a value: one parser per kind, shared by the library and the extension -----------
 
 DEFAULT_HOST = "https://us.i.posthog.com"

@@ -121,8 +121,9 @@ def test_the_response_waits_for_a_slow_extension_only_under_the_emulator(setup: 
     assert result.status == "success"
     assert result.response_latency_ms is not None
     assert result.post_runtime_ms is not None
-    # Either way the extension's 300 ms come after the runtime's response, and are billed.
-    assert result.post_runtime_ms >= 300
+    # Either way the extension's 300 ms, counted from the INVOKE it gets while the runtime
+    # works, run on past the runtime's response, and are billed.
+    assert result.post_runtime_ms >= 250
     assert result.duration_ms >= 300
     if behaviour == RIE:
         assert result.response_latency_ms >= 300

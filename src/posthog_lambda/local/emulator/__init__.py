@@ -5,6 +5,8 @@
   (``behaviour="runtime-interface-emulator"``), each difference with where RIE's source has it;
 - ``managed``: the Lambda Managed Instances lifecycle (``lifecycle="lambda-managed-instances"``):
   concurrent invocations in worker processes, never frozen, extensions for SHUTDOWN only;
+- ``snapstart``: the SnapStart lifecycle (``lifecycle="snap-start"``): one Init, one snapshot,
+  environments restored from it one at a time; ``snapshot``: the snapshot itself (raw clones);
 - ``results``: what an Init, an invocation and a shutdown report;
 - ``processes``: the runtime, extension and worker processes as the lifecycle follows them;
 - ``routing``: the Runtime, Extensions and Telemetry APIs' HTTP routes and their server;
@@ -21,8 +23,9 @@ from .behaviour import BEHAVIOURS
 from .extensions import ExtensionsApi, ExtensionState
 from .lifecycle import LIFECYCLES, TELEMETRY_MODES, LambdaEnvironment
 from .managed import ManagedInstancesEnvironment
-from .results import ExtensionInit, ExtensionShutdown, InitResult, InvokeResult, ShutdownResult
+from .results import ExtensionInit, ExtensionShutdown, InitResult, InvokeResult, RestoreResult, ShutdownResult
 from .sandbox import SandboxError
+from .snapstart import SnapStartEnvironment
 
 __all__ = [
     "BEHAVIOURS",
@@ -36,6 +39,8 @@ __all__ = [
     "InvokeResult",
     "LambdaEnvironment",
     "ManagedInstancesEnvironment",
+    "RestoreResult",
     "SandboxError",
     "ShutdownResult",
+    "SnapStartEnvironment",
 ]

@@ -51,7 +51,7 @@ from typing import ClassVar, cast
 from .behaviour import BEHAVIOURS, BY_NAME, INIT_FAILURE, LAMBDA, SPINDOWN
 from .extensions import ExtensionsApi, epoch_ms_in, function_arn, invoke_event, new_trace_header, shutdown_event
 from .processes import ExtensionProcess, Process, RuntimeProcess
-from .results import ExtensionInit, ExtensionShutdown, InitResult, InvokeResult, ShutdownResult
+from .results import ExtensionInit, ExtensionShutdown, InitResult, InvokeResult, RestoreResult, ShutdownResult
 from .routing import ApiServer, ExtensionsRoutes, RuntimeRoutes, TelemetryRoutes, api_error, json_or_text
 from .sandbox import (
     Sandbox,
@@ -76,8 +76,10 @@ RUNTIME_SHUTDOWN_S = 0.3
 """Of the shutdown budget, what the runtime gets after SIGTERM before SIGKILL."""
 ON_DEMAND = "on-demand"
 MANAGED_INSTANCES = "lambda-managed-instances"
-LIFECYCLES = (ON_DEMAND, MANAGED_INSTANCES)
-"""``lifecycle=``: one invocation at a time, frozen in between; or Lambda Managed Instances."""
+SNAP_START = "snap-start"
+LIFECYCLES = (ON_DEMAND, MANAGED_INSTANCES, SNAP_START)
+"""``lifecycle=``: one invocation at a time, frozen in between; Lambda Managed Instances; or
+SnapStart (on-demand's, each environment restored from one snapshot of one Init)."""
 DEFAULT_MAX_CONCURRENCY = 4
 TELEMETRY_MODES = ("on", "refused", "unreachable")
 """``telemetry_api=``: subscriptions work; are refused (400, as where the API is missing, e.g.
@@ -365,6 +367,10 @@ class LambdaEnvironment:
             self._last_init = InitResult(self._init_duration_ms, measurements, error)
             return self._last_init
 
+    def _come_up(self) -> tuple[InitResult | None, RestoreResult | None]:
+        """Bring the environment up for an invoke (it is down): Init, here."""
+        return self._init(), None
+
     def _begin_init(self) -> None:
         """A new Init starts (lock held): forget what the last one left."""
 
@@ -407,14 +413,19 @@ class LambdaEnvironment:
         """Invoke the function with ``event`` (JSON-serializable) and wait until the
         invocation has ended (runtime and extensions back in ``next``)."""
         init: InitResult | None = None
+        restore: RestoreResult | None = None
         request_id = str(uuid.uuid4())
         if self._phase == "down":
-            init = self._init()
-            if init.error is not None:
+            init, restore = self._come_up()
+            if init is not None and init.error is not None:
                 self._reset(INIT_FAILURE)
                 return InvokeResult(
                     request_id, "failure", error={"errorType": "InitError", "errorMessage": init.error}, init=init
                 )
+            if restore is not None and restore.error is not None:
+                self._reset(INIT_FAILURE)
+                error = {"errorType": "Runtime.RestoreError", "errorMessage": restore.error}
+                return InvokeResult(request_id, "failure", error=error, init=init, restore=restore)
         self._thaw()
         timeout = self.timeout_s if timeout_s is None else timeout_s
         started = time.monotonic()
@@ -446,7 +457,7 @@ class LambdaEnvironment:
         with self._cond:
             runtime.queue.append((request_id, json.dumps(event).encode(), headers))
             self._cond.notify_all()
-        result = InvokeResult(request_id, "success", init=init, logs=logs)
+        result = InvokeResult(request_id, "success", init=init, restore=restore, logs=logs)
         if failure is None:
             failure = self._wait(lambda: runtime.responded is not None, deadline, "the response")
         if failure is not None:
@@ -487,7 +498,10 @@ class LambdaEnvironment:
             "memorySizeMB": self.memory_mb,
             "maxMemoryUsedMB": result.max_memory_used_mb,
         }
-        if init is not None:
+        if restore is not None:
+            # A restored environment's Init is the snapshot's: Lambda reports the restore instead.
+            report["restoreDurationMs"] = restore.duration_ms
+        elif init is not None:
             report["initDurationMs"] = init.duration_ms
         # Produced once every extension is done: it waits for the thaw, as on AWS.
         self._telemetry.emit("platform.report", {"requestId": request_id, "status": result.status, "metrics": report})

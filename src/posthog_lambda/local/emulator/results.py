@@ -27,6 +27,15 @@ class InitResult:
 
 
 @dataclass
+class RestoreResult:
+    """A restore from the snapshot (SnapStart): from the restore's start to the runtime's first
+    ``next`` call after its after-restore hooks."""
+
+    duration_ms: float
+    error: str | None = None
+
+
+@dataclass
 class InvokeResult:
     request_id: str
     status: str
@@ -48,6 +57,8 @@ class InvokeResult:
     max_memory_used_mb: int = 0
     init: InitResult | None = None
     """Set when this invoke had to initialize the environment first."""
+    restore: RestoreResult | None = None
+    """Set when this invoke had to restore an environment from the snapshot first (SnapStart)."""
     logs: list[str] = field(default_factory=list)
 
 

@@ -10,6 +10,7 @@ extensions) and says what to answer. :class:`ApiServer` serves the tables it is 
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import sys
@@ -36,6 +37,8 @@ RUNTIME_NEXT = "/2018-06-01/runtime/invocation/next"
 RUNTIME_RESPONSE = "/2018-06-01/runtime/invocation/{request_id}/response"
 RUNTIME_ERROR = "/2018-06-01/runtime/invocation/{request_id}/error"
 RUNTIME_INIT_ERROR = "/2018-06-01/runtime/init/error"
+RUNTIME_RESTORE_NEXT = "/2018-06-01/runtime/restore/next"
+RUNTIME_RESTORE_ERROR = "/2018-06-01/runtime/restore/error"
 TELEMETRY_SUBSCRIBE = "/2022-07-01/telemetry"
 LOGS_SUBSCRIBE = "/2020-08-15/logs"
 
@@ -222,7 +225,18 @@ class ApiServer(ThreadingHTTPServer):
         self.routes: Routes = {}
         for table in tables:
             self.routes.update(table)
+        self._sent_before: dict[socket.socket, bytes] = {}
         super().__init__(("127.0.0.1", 0), _RequestHandler)
+
+    def adopt(self, connection: socket.socket, sent_before: bytes) -> None:
+        """Serve ``connection`` as if it had been accepted here and ``sent_before`` (a whole
+        request) had come on it first: a restored process's call, made before the snapshot,
+        carried on a connection of its own (see ``snapstart``)."""
+        self._sent_before[connection] = sent_before
+        self.process_request(connection, connection.getpeername())
+
+    def sent_before(self, connection: socket.socket) -> bytes | None:
+        return self._sent_before.pop(connection, None)
 
     @property
     def address(self) -> str:
@@ -243,11 +257,33 @@ class ApiServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+class _Prefixed(io.RawIOBase):
+    """A connection's input, with bytes that came before it in front."""
+
+    def __init__(self, first: bytes, connection: socket.socket) -> None:
+        self._first = first
+        self._connection = connection
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._first:
+            n = min(len(buffer), len(self._first))
+            buffer[:n] = self._first[:n]
+            self._first = self._first[n:]
+            return n
+        return self._connection.recv_into(buffer)
+
+
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def setup(self) -> None:
         super().setup()
+        sent_before = cast(ApiServer, self.server).sent_before(self.connection)
+        if sent_before is not None:
+            self.rfile = io.BufferedReader(_Prefixed(sent_before, self.connection))
         # Headers and body go out in separate writes: without this, Nagle's algorithm and
         # delayed ACKs add ~40 ms to every exchange with the runtime client.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
