@@ -596,8 +596,10 @@ class WorkerRoutes(RuntimeRoutes):
 # -- which process is which, from /proc ------------------------------------------------------------
 
 
-def socket_inode(local_port: int, remote_port: int) -> int | None:
-    """The inode of this machine's TCP socket from ``local_port`` to ``remote_port``."""
+def tcp_sockets() -> list[tuple[int, int, str, int]]:
+    """(local port, remote port, state as /proc spells it, inode) of this machine's open TCP
+    sockets (closed ones waiting out TIME_WAIT have inode 0 and no process: left out)."""
+    rows = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -605,17 +607,19 @@ def socket_inode(local_port: int, remote_port: int) -> int | None:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) < 10:
-                continue
-            local, remote, inode = fields[1], fields[2], int(fields[9])
-            # Closed sockets waiting out TIME_WAIT have inode 0 and no process.
-            if (
-                inode
-                and int(local.rsplit(":", 1)[1], 16) == local_port
-                and int(remote.rsplit(":", 1)[1], 16) == remote_port
-            ):
-                return inode
-    return None
+            if len(fields) >= 10 and int(fields[9]):
+                local, remote = fields[1], fields[2]
+                rows.append(
+                    (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16), fields[3], int(fields[9]))
+                )
+    return rows
+
+
+def socket_inode(local_port: int, remote_port: int) -> int | None:
+    """The inode of this machine's TCP socket from ``local_port`` to ``remote_port``."""
+    return next(
+        (inode for local, remote, _, inode in tcp_sockets() if (local, remote) == (local_port, remote_port)), None
+    )
 
 
 def holds_socket(pid: int, inode: int) -> bool:

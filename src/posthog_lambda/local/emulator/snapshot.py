@@ -49,7 +49,6 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import ClassVar
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -156,45 +155,12 @@ _NAMES = [
 class _Regs(ctypes.Structure):
     """``struct user_regs_struct`` of x86_64 (sys/user.h)."""
 
-    _fields_ = [
-        (name, ctypes.c_ulonglong)
-        for name in [
-            "r15",
-            "r14",
-            "r13",
-            "r12",
-            "rbp",
-            "rbx",
-            "r11",
-            "r10",
-            "r9",
-            "r8",
-            "rax",
-            "rcx",
-            "rdx",
-            "rsi",
-            "rdi",
-            "orig_rax",
-            "rip",
-            "cs",
-            "eflags",
-            "rsp",
-            "ss",
-            "fs_base",
-            "gs_base",
-            "ds",
-            "es",
-            "fs",
-            "gs",
-        ]
-    ]
+    _fields_ = [(name, ctypes.c_ulonglong) for name in _NAMES]
 
 
 @dataclass(frozen=True)
 class Registers:
     """One thread's registers, as :class:`_Regs` holds them, but immutable."""
-
-    NAMES: ClassVar[list[str]] = _NAMES
 
     values: tuple[int, ...]
 

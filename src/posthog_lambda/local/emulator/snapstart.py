@@ -41,7 +41,7 @@ from typing import ClassVar
 
 from .behaviour import INIT_FAILURE
 from .lifecycle import INIT_LIMIT_S, SNAP_START, LambdaEnvironment, _ms
-from .managed import socket_inode
+from .managed import socket_inode, tcp_sockets
 from .processes import ExtensionProcess, Process, RuntimeProcess
 from .results import InitResult, RestoreResult
 from .routing import (
@@ -93,24 +93,6 @@ class _RestoreRoutes(_RouteSet):
         if request.extension_id and request.peer:
             self.owner.note_next_call(request.extension_id, request.peer[1])
         return ExtensionsRoutes(self.owner._extensions_api).next_event(request)
-
-
-def _tcp_table() -> list[tuple[int, int, str, int]]:
-    """(local port, remote port, state, inode) of this machine's TCP sockets."""
-    rows = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) >= 10 and int(fields[9]):
-                local, remote = fields[1], fields[2]
-                rows.append(
-                    (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16), fields[3], int(fields[9]))
-                )
-    return rows
 
 
 def _connected_pair() -> tuple[socket.socket, socket.socket]:
@@ -288,7 +270,7 @@ class SnapStartEnvironment(LambdaEnvironment):
         delivered to. Each restore gets a listening socket of its own in its place: one copy
         closing the image's (at its shutdown) must not close it for the next."""
         assert self._snapshot is not None
-        inodes = {inode: local for local, _, state, inode in _tcp_table() if state == _LISTEN}
+        inodes = {inode: local for local, _, state, inode in tcp_sockets() if state == _LISTEN}
         found = {}
         for name, body in self._subscriptions.items():
             port = urllib.parse.urlsplit(body["destination"]["URI"]).port
@@ -300,7 +282,7 @@ class SnapStartEnvironment(LambdaEnvironment):
     def _cut_outside_connections(self, api_port: int) -> None:
         """Shut down the image's TCP connections that leave the sandbox (to PostHog, say)."""
         assert self._snapshot is not None
-        table = _tcp_table()
+        table = tcp_sockets()
         by_inode = {inode: (local, remote, state) for local, remote, state, inode in table}
         listening = {local for local, _, state, _ in table if state == _LISTEN}
         for pid in self._image_pids.values():
