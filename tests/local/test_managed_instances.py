@@ -264,9 +264,11 @@ def all_gone(pids: list[int], timeout: float = 10.0) -> bool:
 
 def test_lifecycle_and_concurrency_are_validated(setup: Setup) -> None:
     with pytest.raises(ValueError, match="lifecycle"):
-        LambdaEnvironment(setup.function, "handlers.main", lifecycle="snap-start")
+        LambdaEnvironment(setup.function, "handlers.main", lifecycle="reserved-concurrency")
     with pytest.raises(ValueError, match="max_concurrency"):
         LambdaEnvironment(setup.function, "handlers.main", max_concurrency=4)
+    with pytest.raises(ValueError, match="max_concurrency"):
+        LambdaEnvironment(setup.function, "handlers.main", lifecycle="snap-start", max_concurrency=4)
     with pytest.raises(ValueError, match="max_concurrency"):
         LambdaEnvironment(setup.function, "handlers.main", lifecycle=LMI, max_concurrency=0)
     managed = LambdaEnvironment(setup.function, "handlers.main", lifecycle=LMI)

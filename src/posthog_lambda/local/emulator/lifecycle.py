@@ -157,7 +157,7 @@ class LambdaEnvironment:
             raise ValueError(f"lifecycle={lifecycle!r}: one of {', '.join(LIFECYCLES)}")
         if lifecycle != self._LIFECYCLE:
             raise ValueError(f"lifecycle={lifecycle!r} does not go with {type(self).__name__}")
-        if lifecycle == ON_DEMAND and max_concurrency is not None:
+        if lifecycle != MANAGED_INSTANCES and max_concurrency is not None:
             raise ValueError("max_concurrency is for lifecycle='lambda-managed-instances' only")
         if max_concurrency is None:
             max_concurrency = DEFAULT_MAX_CONCURRENCY if lifecycle == MANAGED_INSTANCES else 1
