@@ -49,7 +49,7 @@ class Flusher:
 
     def stop(self, timeout: float) -> bool:
         """Stop once the flush under way (if any) is over; True if the thread ended within
-        ``timeout`` seconds (else it is still sending, and the sender is not free)."""
+        ``timeout`` seconds."""
         self._stopping.set()
         self._wake.set()
         if self._thread.ident is not None:

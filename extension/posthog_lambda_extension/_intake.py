@@ -1,6 +1,8 @@
 """What happens to each frame read from the socket or a spool file.
 
-START, OPEN and END go to the invocation and trace trackers; each valid event of an EVENTS
+START, OPEN and END go to the invocation and trace trackers; SNAPSHOT to the extension, which
+sends what it holds before the snapshot and whose answer goes back on the frame's connection;
+each valid event of an EVENTS
 frame goes into the buffer as JSON (``limits.encode``), cut to its limit if it is larger. An
 event sent whole was fitted by the library already: its limit is its endpoint's. A span sent as
 a record is expanded here (``records.expand``) and fitted to the ``max_event_bytes`` its trace's
@@ -15,7 +17,7 @@ import threading
 
 from posthog_lambda_contract import frames, limits, records
 from posthog_lambda_contract.events import MAX_EVENT_BYTES
-from posthog_lambda_contract.frames import END
+from posthog_lambda_contract.frames import END, SNAPSHOT
 from posthog_lambda_contract.schema import LAMBDA_RESTORED
 
 from . import _log
@@ -23,6 +25,7 @@ from ._traces import Traces
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from ._buffer import Buffer
@@ -64,6 +67,8 @@ class Intake:
         self.restored = False
         """The environment was restored from a SnapStart snapshot: each ``$ai_trace`` says so
         (``schema.LAMBDA_RESTORED``), whether or not the function's library knew."""
+        self.before_snapshot: Callable[[], dict[str, Any]] | None = None
+        """What a SNAPSHOT frame runs (the extension sends what it holds); its answer goes back."""
 
     def feed(self, reader: frames.Reader, data: bytes, source: str, stream: Stream | None = None) -> bool:
         """Hand ``data`` to ``reader`` and act on what it yields (noting on ``stream``, a
@@ -72,9 +77,9 @@ class Intake:
         for error in errors:
             self.drops.add(error_reason(error, reader.broken), 1, f"{source}: {error}")
         for kind, payload in frames:
-            self.frame(kind, payload)
+            self.frame(kind, payload, stream)
         if frames and stream is not None:
-            stream.mid_invocation = frames[-1][0] != END
+            stream.mid_invocation = frames[-1][0] not in (END, SNAPSHOT)
         if frames and self.arrived is not None:
             self.arrived.set()
         return reader.broken is None
@@ -84,7 +89,7 @@ class Intake:
         if reader.broken is None and reader.pending:
             self.drops.add("frames_truncated", 1, f"{source} ended {reader.pending} bytes into a frame")
 
-    def frame(self, kind: int, payload: dict[str, Any]) -> None:
+    def frame(self, kind: int, payload: dict[str, Any], stream: Stream | None = None) -> None:
         if kind == frames.START:
             _log.debug(f"START {payload['request_id']}")
             self.traces.start(payload)
@@ -95,6 +100,12 @@ class Intake:
             _log.debug(f"END {payload['request_id']}")
             self.traces.end(payload["request_id"])
             self.invocations.end(payload["request_id"])
+        elif kind == SNAPSHOT:
+            answer = self.before_snapshot() if self.before_snapshot is not None else None
+            if answer is None:
+                answer = {"sent": False, "kept": len(self.buffer)}
+            if stream is not None:  # a spooled one has no one waiting for its answer
+                stream.answers.append(frames.encode(SNAPSHOT, answer))
         else:
             for event in payload["events"]:
                 self.event(event)

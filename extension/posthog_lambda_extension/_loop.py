@@ -8,11 +8,14 @@ completes the traces of invocations that timed out or whose process died as Lamb
 (``complete_failed``): there such an invocation fails alone, and the environment goes on. With
 SnapStart, the first event after Init (or a restore record from the Telemetry API, whichever
 comes first) says the environment was restored from its snapshot (``_restore``): what the
-snapshot copied is forgotten (``restored``) before anything is decided on it.
+snapshot copied is forgotten (``restored``) before anything is decided on it. Before the snapshot,
+the function's SNAPSHOT frame has what Init buffered sent (``before_snapshot``): otherwise every
+restored environment would send its copy.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 from posthog_lambda_contract import limits
@@ -89,6 +92,10 @@ def shutdown_reason(raw: object) -> str:
 OVERDUE_S = 2.0
 """Without INVOKE events and without a Telemetry report saying how it ended, an announced
 invocation whose trace has not come this long after its deadline is taken to have timed out."""
+SNAPSHOT_BUDGET_S = 3.0
+"""The most sending before the snapshot may take, retries included (the function waits a little
+longer for the answer: ``posthog_lambda._restore``). What is not sent by then stays buffered, and
+every environment restored from the snapshot sends its copy, under the same uuids."""
 KEY_WAIT_S = 1.0
 """The most a flush waits for a key still being read from a secret store (started at Init, it is
 normally there long before); events stay buffered meanwhile. SHUTDOWN waits until its deadline."""
@@ -125,6 +132,11 @@ class Extension:
         """Set where no INVOKE comes: the thread that sends."""
         self.restore = Restore(self.restored) if settings.snap_start else None
         """With SnapStart: waiting for the sign of the restore from the snapshot."""
+        self.intake.before_snapshot = self.before_snapshot
+        self._flushing = threading.Lock()
+        """One flush at a time, whichever thread: the main one, the background flusher (SHUTDOWN's
+        waits for the one under way), the socket's reader before a snapshot (a restored copy of
+        that one may still be under way when its environment is first invoked)."""
 
     def run(self, api: ExtensionsApi, identifier: str, listener: socket.socket | None, *, invokes: bool = True) -> int:
         """Serve frames on ``listener`` (None: there is no socket) and events from ``api``
@@ -222,6 +234,27 @@ class Extension:
         self.buffer.restamp()
         self.server.restored()
         self.intake.restored = True
+
+    def before_snapshot(self) -> dict[str, Any]:
+        """A SNAPSHOT frame: the function's Init is over and Lambda snapshots the environment next
+        (SnapStart). What is buffered (spans made during Init, drops counted so far) is sent now,
+        once, rather than by every environment restored from the snapshot. The answer says
+        whether PostHog took it and how many events are still buffered."""
+        restore = self.restore
+        if restore is None or not restore.awaiting:
+            _log.debug("a SNAPSHOT frame after Init or outside SnapStart: nothing sent for it")
+            return {"sent": False, "kept": len(self.buffer)}
+        self.spool.drain()
+        sent = self.flush(self._clock() + SNAPSHOT_BUDGET_S, force=True)
+        kept = len(self.buffer)
+        if kept:
+            _log.warn(
+                f"{kept} events made during Init could not be sent before the snapshot: every "
+                "environment restored from it sends its copy (under the same uuids: PostHog keeps one)"
+            )
+        else:
+            _log.debug("before the snapshot: everything buffered was sent")
+        return {"sent": sent, "kept": kept}
 
     # -- events from the Extensions API --------------------------------------------------------
 
@@ -330,8 +363,8 @@ class Extension:
         deadline = self._deadline(event.get("deadlineMs"), SHUTDOWN_MARGIN_S, now + SHUTDOWN_DEFAULT_S)
         _log.debug(f"SHUTDOWN ({event.get('shutdownReason')}), {deadline - now:.3f} s to flush")
         flusher, self.flusher = self.flusher, None
-        # The background flush under way ends first: the sender serves one flush at a time.
-        sender_free = flusher is None or flusher.stop((deadline - self._clock()) / 2)
+        if flusher is not None:  # a flush under way goes on; the last one waits for it (flush)
+            flusher.stop((deadline - self._clock()) / 2)
         try:
             self.server.settle(min(SETTLE_S, (deadline - self._clock()) / 4))
             self.spool.drain()
@@ -342,12 +375,7 @@ class Extension:
             reason = shutdown_reason(event.get("shutdownReason"))
             if reason in ("timeout", "failure"):
                 self.report_failed(reason)
-            if not sender_free:
-                _log.warn(
-                    f"PostHog did not answer the last background flush before shutdown; {len(self.buffer)} events "
-                    "could not be sent and are lost"
-                )
-            elif self.sender is not None or self.key_store is not None:
+            if self.sender is not None or self.key_store is not None:
                 self.flush(deadline, force=True)
                 left = len(self.buffer)
                 if left:
@@ -414,6 +442,15 @@ class Extension:
     def flush(self, deadline: float, *, force: bool = False) -> bool:
         """Send what is buffered (and the drops counted since the last report) until ``deadline``;
         False when nothing could be sent (no sender yet, backing off, PostHog failing)."""
+        if not self._flushing.acquire(timeout=max(0.0, deadline - self._clock())):
+            _log.debug("the flush under way did not end in time for this one")
+            return False
+        try:
+            return self._flush(deadline, force)
+        finally:
+            self._flushing.release()
+
+    def _flush(self, deadline: float, force: bool) -> bool:
         if self.telemetry is not None:
             self.telemetry.apply(self.intake)
         sender = self._sender(deadline if force else min(deadline, self._clock() + KEY_WAIT_S))

@@ -7,7 +7,8 @@ next: each runtime process has its connection, and Lambda Managed Instances runs
 them in one environment, which a thread per connection would pay for in memory. A bad header
 closes that connection: the rest of its stream cannot be trusted. Before it flushes at the end
 of an invocation or at shutdown, the extension lets the reader take in what the function
-already wrote (``settle``).
+already wrote (``settle``). The one frame written back is the answer to a SNAPSHOT, which this
+thread gives once the extension has sent what it held (the main thread is in next then).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ MAX_CONNECTIONS = 1500
 Python runtime's default 16 per vCPU); bounded by the file descriptors the process may open."""
 SPARE_DESCRIPTORS = 64
 """Kept for everything else: PostHog, the Telemetry API, spool files."""
+ANSWER_TIMEOUT_S = 0.5
 
 
 def connection_limit(wanted: int = MAX_CONNECTIONS) -> int:
@@ -53,12 +55,14 @@ def connection_limit(wanted: int = MAX_CONNECTIONS) -> int:
 class Stream:
     """One connection's reading state."""
 
-    __slots__ = ("mid_invocation", "reader")
+    __slots__ = ("answers", "mid_invocation", "reader")
 
     def __init__(self) -> None:
         self.reader = frames.Reader()
         self.mid_invocation = False
         """A frame came since the last END: an invocation is under way in that process."""
+        self.answers: list[bytes] = []
+        """Frames to write back (the answer to a SNAPSHOT), once what was read is taken in."""
 
 
 class FrameServer:
@@ -216,6 +220,8 @@ class FrameServer:
         try:
             data = connection.recv(READ_SIZE)
             fed = bool(data) and self.intake.feed(reader, data, source, stream)
+            if stream.answers:
+                _answer(connection, stream)
         except BlockingIOError:
             fed = True  # nothing after all
         except OSError as exc:
@@ -254,6 +260,18 @@ class FrameServer:
         if waker is not None:
             for end in waker:
                 end.close()
+
+
+def _answer(connection: socket.socket, stream: Stream) -> None:
+    """Write ``stream``'s answers back: a few bytes, to a function that waits for them."""
+    answers, stream.answers = b"".join(stream.answers), []
+    connection.settimeout(ANSWER_TIMEOUT_S)
+    try:
+        connection.sendall(answers)
+    except OSError as exc:
+        _log.warn(f"answering the function on {connection.getsockname() or 'the socket'} failed: {exc}")
+    finally:
+        connection.setblocking(False)
 
 
 def _readable(connections: list[socket.socket]) -> list[socket.socket]:

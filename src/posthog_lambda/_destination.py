@@ -21,6 +21,8 @@ from ._sinks import DropSink
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._config import Config
     from ._export import Exporter
     from ._types import Sink
@@ -84,6 +86,22 @@ def connect_early() -> None:
             connect()
     except Exception:
         logger.exception("connecting to the extension early failed; it connects at the first hand-off")
+
+
+def before_snapshot(timeout: float) -> dict[str, Any] | None:
+    """Before a snapshot (SnapStart): the extension, if events go there, sends what it holds;
+    its answer (``SocketExporter.before_snapshot``), or None. Never raises."""
+    chosen = _chosen
+    if chosen is None:
+        return None  # nothing was exported during Init: nothing to send
+    try:
+        ask = getattr(chosen[1], "before_snapshot", None)
+        if callable(ask):
+            answer: dict[str, Any] | None = ask(timeout)
+            return answer
+    except Exception:
+        logger.exception("asking the extension to send before the snapshot failed")
+    return None
 
 
 def reconnect() -> None:

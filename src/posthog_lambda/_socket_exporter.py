@@ -180,6 +180,34 @@ class SocketExporter:
                 logger.debug("socket %s not reachable yet (%s)", self.path, exc)
                 self._close()
 
+    def before_snapshot(self, timeout: float) -> dict[str, Any] | None:
+        """Tell the extension that the snapshot comes next (SnapStart) and wait up to ``timeout``
+        seconds for its answer, once it has sent what it held (``frames.SNAPSHOT``); the answer,
+        or None if there was none. The connection is closed then: no restored environment keeps
+        a copy of it (``reconnect`` opens its own)."""
+        with self._lock:
+            try:
+                self._send(_frames.encode(_frames.SNAPSHOT, {}))
+                sock = self._socket
+                assert sock is not None  # _send connected it
+                sock.settimeout(timeout)
+                reader = _frames.Reader()
+                while True:
+                    data = sock.recv(4096)
+                    if not data:
+                        raise OSError("the extension closed the connection without answering")
+                    answers, errors = reader.feed(data)
+                    if errors:
+                        raise OSError(f"the extension's answer cannot be read: {errors[0]}")
+                    for kind, answer in answers:
+                        if kind == _frames.SNAPSHOT:
+                            return answer
+            except OSError as exc:
+                logger.debug("no answer from the extension before the snapshot (%s)", exc)
+                return None
+            finally:
+                self._close()
+
     def reconnect(self) -> None:
         """Replace the connection (and the spool file's name) made before a restore from a
         snapshot with new ones, connecting now as ``connect`` does. Every environment restored

@@ -20,6 +20,10 @@ Kinds and payloads (version 1):
   its uuid; and finished spans of one trace as records, with the trace's header: each stands for
   the event ``records.expand(trace, record)`` returns (the reader makes it).
 - END    ``{"request_id", "trace_id"}``: the handler returned or raised; no more events.
+- SNAPSHOT ``{}``: Init is over and Lambda is about to snapshot the environment (SnapStart): the
+  extension sends what it holds now, so that no environment restored from the snapshot holds a
+  copy, and answers on the same connection, the one frame that goes the other way: SNAPSHOT
+  ``{"sent", "kept"}``, whether PostHog took the events and how many are still buffered.
 
 One shape of span on the wire: a record (``records``), finished or running.
 
@@ -44,7 +48,8 @@ START = 1
 EVENTS = 2
 END = 3
 OPEN = 4
-KINDS = {START: "START", EVENTS: "EVENTS", END: "END", OPEN: "OPEN"}
+SNAPSHOT = 5
+KINDS = {START: "START", EVENTS: "EVENTS", END: "END", OPEN: "OPEN", SNAPSHOT: "SNAPSHOT"}
 
 HEADER = struct.Struct(">2sBBI")
 MAX_PAYLOAD = 16 * 1024 * 1024
@@ -105,6 +110,9 @@ def parse_payload(kind: int, body: bytes) -> dict[str, Any]:
             not isinstance(payload["spans"], list) or not isinstance(payload.get("trace"), dict)
         ):
             raise FrameError("EVENTS payload has spans without a list of them and their trace's header")
+    elif kind == SNAPSHOT:
+        if "kept" in payload and (not isinstance(payload["kept"], int) or not isinstance(payload.get("sent"), bool)):
+            raise FrameError("SNAPSHOT answer has no integer kept and boolean sent")
     else:
         for key in ("request_id", "trace_id"):
             if not isinstance(payload.get(key), str) or not payload[key]:

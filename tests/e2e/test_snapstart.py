@@ -79,8 +79,8 @@ def test_environments_restored_from_one_snapshot_share_no_id_and_lose_no_event(
             env.shutdown()
             by_env.append({r.request_id for r in results})
             firsts.append(results[0].request_id)
-    init_events = 1  # the warm-up's $ai_span, buffered before the snapshot
-    expected = 2 * (INVOCATIONS * PER_INVOCATION + init_events)
+    init_events = 1  # the warm-up's $ai_span, sent before the snapshot
+    expected = 2 * INVOCATIONS * PER_INVOCATION + init_events
     events = [e for e in deployment.posthog.events if e.name != "$ai_metric"]
     # Everything was sent by the shutdowns: nothing more, nothing less (reports that came
     # after their trace add $ai_metric events, as many as came late).
@@ -105,11 +105,11 @@ def test_environments_restored_from_one_snapshot_share_no_id_and_lose_no_event(
     bits_first = {random_part(i) for i in ids_of(first)}
     bits_second = {random_part(i) for i in ids_of(second)}
     assert not bits_first & bits_second, "random parts of ids repeat across environments"
-    # The warm-up was buffered before the snapshot: each environment sends that same event
-    # (one uuid, so PostHog keeps one); it never comes with a new uuid.
+    # The warm-up was sent before the snapshot, once: no restored environment holds a copy.
     warm_up = [e for e in events if e.event["properties"].get("$ai_span_name") == "warm-up"]
-    assert len(warm_up) == 2
-    assert len({e.uuid for e in warm_up}) == 1
+    assert len(warm_up) == 1
+    assert not ids_of(warm_up) & (ids_of(first) | ids_of(second))
+    assert len({e.uuid for e in events}) == len(events), "an event uuid repeats"
     for requests, first_request in zip(by_env, firsts, strict=True):
         mine = [e.event["properties"] for e in traces if e.event["properties"]["lambda_request_id"] in requests]
         assert len(mine) == INVOCATIONS

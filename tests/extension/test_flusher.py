@@ -212,3 +212,36 @@ def test_while_posthog_fails_the_thread_backs_off_and_losses_are_reported_once_i
     # Every event either arrived or is counted as lost: none vanished, however many reports the
     # outage's failed flushes made and the buffer pushed out.
     assert len(delivered) + sum(r.properties.get("events_buffer_full", 0) for r in reports) == 12
+
+
+def test_shutdown_sends_what_is_left_when_the_thread_is_slow_to_end(
+    managed: Any, posthog: CaptureServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = managed(POSTHOG_LAMBDA_FLUSH="batch", POSTHOG_FLUSH_INTERVAL="600000")
+    m.ext.start_flusher()
+    flusher = m.ext.flusher
+    stop = flusher.stop
+
+    def asked_but_not_ended(timeout: float) -> bool:
+        flusher._stopping.set()
+        return False  # as on a machine too busy to run the thread in time
+
+    monkeypatch.setattr(flusher, "stop", asked_but_not_ended)
+    items = [make_event() for _ in range(3)]
+    m.events(*items)
+    assert m.ext.server.settle(5)
+    m.shutdown()  # no flush was under way: nothing stands in the way of the last one
+    assert {e.uuid for e in posthog.events} == {e["uuid"] for e in items}
+    assert stop(5)
+
+
+def test_a_flush_waits_for_the_one_under_way_until_its_deadline(managed: Any, posthog: CaptureServer) -> None:
+    m = managed(POSTHOG_LAMBDA_FLUSH="batch")
+    m.events(make_event())
+    assert m.ext.server.settle(5)
+    with m.ext._flushing:  # another thread's flush, under way
+        assert m.ext.flush(time.monotonic() + 0.05, force=True) is False
+    assert posthog.requests == []
+    assert m.ext.flush(time.monotonic() + 5, force=True) is True
+    assert len(posthog.events) == 1
+    m.shutdown()

@@ -227,6 +227,82 @@ def test_the_function_replacing_its_init_connection_is_not_a_death(tmp_path: Pat
     ext.server.close()
 
 
+# -- before the snapshot ----------------------------------------------------------------------
+
+
+def ask_before_snapshot(tmp_path: Path, frames_first: bytes = b"") -> tuple[int, dict[str, Any]]:
+    """What the function's before-snapshot hook does: ``frames_first``, then SNAPSHOT, on one
+    connection; the answer that comes back."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(10)
+    client.connect(str(tmp_path / "ph.sock"))
+    client.sendall(frames_first + _frames.encode(_frames.SNAPSHOT, {}))
+    reader = _frames.Reader()
+    answers: list[tuple[int, dict[str, Any]]] = []
+    while not answers:
+        received = client.recv(4096)
+        assert received, "the extension closed the connection without answering"
+        answers, errors = reader.feed(received)
+        assert not errors
+    client.close()
+    (answer,) = answers
+    return answer
+
+
+def test_before_the_snapshot_what_init_made_is_sent_once_and_answered(tmp_path: Path, posthog: CaptureServer) -> None:
+    ext = extension(tmp_path, posthog, **SNAP_START)
+    assert ext.server.start()
+    made_in_init = [make_event("$ai_span", **{"$ai_span_name": "warm-up"}), make_event()]
+    ext.drops.add("events_invalid", 1, "counted during Init", log=False)
+    kind, answer = ask_before_snapshot(tmp_path, _frames.encode(_frames.EVENTS, {"events": made_in_init}))
+    assert kind == _frames.SNAPSHOT
+    assert answer == {"sent": True, "kept": 0}
+    # Sent before the answer: the Init's events and the drops counted so far, nothing left to
+    # copy into the restored environments.
+    names = sorted(e.name for e in posthog.events)
+    assert names == sorted(["$ai_span", "$ai_span", "posthog_lambda_dropped"])
+    assert len(ext.buffer) == 0
+    assert ext.server.settle(5)
+    assert ext.invocations.deaths == 0  # the hook's connection closing is no death
+    assert ext.restore is not None
+    ext.restore.sign("test")
+    ext.flush(time.monotonic() + 5, force=True)
+    assert len(posthog.events) == 3  # nothing a second time
+    ext.server.close()
+    assert ext.sender is not None
+    ext.sender.close()
+
+
+def test_before_the_snapshot_what_posthog_did_not_take_stays_buffered_and_is_said(
+    tmp_path: Path, posthog: CaptureServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("posthog_lambda_extension._loop.SNAPSHOT_BUDGET_S", 0.5)
+    ext = extension(tmp_path, posthog, **SNAP_START)
+    assert ext.server.start()
+    posthog.fail_next(100, status=503)
+    _, answer = ask_before_snapshot(tmp_path, _frames.encode(_frames.EVENTS, {"events": [make_event()]}))
+    assert answer == {"sent": False, "kept": 1}
+    assert "1 events made during Init could not be sent before the snapshot" in capsys.readouterr().out
+    assert posthog.events == []
+    ext.server.close()
+    assert ext.sender is not None
+    ext.sender.close()
+
+
+def test_a_snapshot_frame_outside_snap_start_s_init_sends_nothing(tmp_path: Path, posthog: CaptureServer) -> None:
+    for env in ({}, SNAP_START):
+        ext = extension(tmp_path, posthog, **env)
+        if ext.restore is not None:
+            ext.restore.sign("test")  # after the restore: no snapshot comes
+        assert ext.server.start()
+        kind, answer = ask_before_snapshot(tmp_path, _frames.encode(_frames.EVENTS, {"events": [make_event()]}))
+        assert (kind, answer) == (_frames.SNAPSHOT, {"sent": False, "kept": 1})
+        assert posthog.requests == []
+        ext.server.close()
+        assert ext.sender is not None
+        ext.sender.close()
+
+
 # -- what the traces say ----------------------------------------------------------------------
 
 

@@ -71,6 +71,14 @@ def test_start_and_open_carry_a_header_and_records(kind: int, payload: dict[str,
     assert problem in errors[0]
 
 
+def test_a_snapshot_request_and_its_answer_are_read_and_a_bad_answer_rejected() -> None:
+    data = _frames.encode(_frames.SNAPSHOT, {}) + _frames.encode(_frames.SNAPSHOT, {"sent": True, "kept": 0})
+    frames, errors = Reader().feed(data + _frames.encode(_frames.SNAPSHOT, {"sent": "yes", "kept": 0}))
+    assert frames == [(_frames.SNAPSHOT, {}), (_frames.SNAPSHOT, {"sent": True, "kept": 0})]
+    assert len(errors) == 1
+    assert "SNAPSHOT answer" in errors[0]
+
+
 V = bytes([_frames.VERSION])
 
 

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from posthog_lambda import _destination, _lambda, _restore, posthog_traced
 from posthog_lambda._socket_exporter import SocketExporter
+from posthog_lambda_contract import frames as _frames
 from posthog_lambda_contract import ids
 from tests.helpers import LambdaContext, by_kind
 
@@ -37,6 +39,11 @@ class Hooks(types.ModuleType):
     def __init__(self) -> None:
         super().__init__("snapshot_restore_py")
         self.after: list[Callable[[], None]] = []
+        self.before: list[Callable[[], None]] = []
+
+    def register_before_snapshot(self, func: Callable[[], None]) -> Callable[[], None]:
+        self.before.append(func)
+        return func
 
     def register_after_restore(self, func: Callable[[], None]) -> Callable[[], None]:
         self.after.append(func)
@@ -59,6 +66,7 @@ def imported(**env: str) -> list[str]:
         "from posthog_lambda_contract import ids\n"
         "hooks = sys.modules.get('snapshot_restore_py')\n"
         "print(hooks is not None)\n"
+        "print([f'{f.__module__}.{f.__name__}' for f, _, _ in hooks.get_before_snapshot()] if hooks else [])\n"
         "print([f'{f.__module__}.{f.__name__}' for f, _, _ in hooks.get_after_restore()] if hooks else [])\n"
         "print(ids._bits is ids._kernel_bits)\n"
     )
@@ -75,6 +83,7 @@ def imported(**env: str) -> list[str]:
 def test_on_snap_start_importing_the_package_registers_the_hook_and_draws_from_the_kernel() -> None:
     assert imported(AWS_LAMBDA_INITIALIZATION_TYPE="snap-start") == [
         "True",
+        "['posthog_lambda._restore.before_snapshot']",
         "['posthog_lambda._restore.after_restore']",
         "True",
     ]
@@ -82,7 +91,7 @@ def test_on_snap_start_importing_the_package_registers_the_hook_and_draws_from_t
 
 @pytest.mark.parametrize("initialization", ["", "on-demand", "provisioned-concurrency", "lambda-managed-instances"])
 def test_elsewhere_importing_the_package_imports_and_registers_nothing(initialization: str) -> None:
-    assert imported(AWS_LAMBDA_INITIALIZATION_TYPE=initialization) == ["False", "[]", "False"]
+    assert imported(AWS_LAMBDA_INITIALIZATION_TYPE=initialization) == ["False", "[]", "[]", "False"]
 
 
 def test_without_the_runtime_hooks_ids_stay_drawn_from_the_kernel(
@@ -98,9 +107,10 @@ def test_without_the_runtime_hooks_ids_stay_drawn_from_the_kernel(
 def test_arm_registers_only_on_snap_start(hooks: Hooks) -> None:
     ids.reseed()
     assert _restore.arm({"AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand"}) is False
-    assert hooks.after == []
+    assert hooks.after == hooks.before == []
     assert ids._bits is not ids._kernel_bits
     assert _restore.arm({"AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start"}) is True
+    assert hooks.before == [_restore.before_snapshot]
     assert hooks.after == [_restore.after_restore]
     assert ids._bits is ids._kernel_bits
 
@@ -179,6 +189,69 @@ def test_after_restore_never_raises(
     _restore.after_restore()  # a bug: logged, nothing raised, ids still safe
     assert ids._bits is ids._kernel_bits
     assert any(r.levelname == "ERROR" and "after the restore" in r.getMessage() for r in library_logs.records)
+
+
+def read_frames(connection: socket.socket, count: int) -> list[tuple[int, dict[str, Any]]]:
+    reader = _frames.Reader()
+    found: list[tuple[int, dict[str, Any]]] = []
+    while len(found) < count:
+        data = connection.recv(65536)
+        assert data, f"the connection closed after {found}"
+        got, errors = reader.feed(data)
+        assert not errors
+        found += got
+    return found
+
+
+def test_before_the_snapshot_the_extension_is_asked_to_send_and_answered(extension: Extension, hooks: Hooks) -> None:
+    _restore.arm({"AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start"})
+    exporter = _destination.exporter()
+    assert isinstance(exporter, SocketExporter)
+    exporter.export(None, [{"event": "e", "distinct_id": "d", "properties": {}, "uuid": "u", "timestamp": "t"}])
+    connection = extension.accept()
+    answered: list[dict[str, Any] | None] = []
+    asking = threading.Thread(target=lambda: answered.append(_destination.before_snapshot(5)))
+    asking.start()
+    # The Init's events, then the request, on the one connection: the extension has both in order.
+    kinds = [kind for kind, _ in read_frames(connection, 2)]
+    assert kinds == [_frames.EVENTS, _frames.SNAPSHOT]
+    assert asking.is_alive()  # it waits for the answer
+    connection.sendall(_frames.encode(_frames.SNAPSHOT, {"sent": True, "kept": 0}))
+    asking.join(5)
+    assert answered == [{"sent": True, "kept": 0}]
+    assert exporter._socket is None  # no restored environment keeps a copy of the connection
+    assert connection.recv(1) == b""
+    connection.close()
+
+
+def test_before_the_snapshot_waits_no_longer_than_its_budget(
+    extension: Extension, hooks: Hooks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _restore.arm({"AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start"})
+    _destination.connect_early()
+    connection = extension.accept()
+    monkeypatch.setattr(_restore, "SNAPSHOT_WAIT_S", 0.05)
+    (hook,) = hooks.before
+    hook()  # an extension that never answers: the hook returns after its wait, the connection closed
+    assert [kind for kind, _ in read_frames(connection, 1)] == [_frames.SNAPSHOT]
+    assert connection.recv(1) == b""
+    connection.close()
+
+
+def test_before_the_snapshot_nothing_is_asked_when_nothing_chose_the_extension(hooks: Hooks) -> None:
+    _destination.reset()
+    assert _destination.before_snapshot(0.05) is None
+
+
+def test_before_the_snapshot_never_raises(
+    hooks: Hooks, monkeypatch: pytest.MonkeyPatch, library_logs: pytest.LogCaptureFixture
+) -> None:
+    def broken(timeout: float) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(_destination, "before_snapshot", broken)
+    _restore.before_snapshot()  # a hook that raised would fail the Init
+    assert any(r.levelname == "ERROR" and "before the snapshot" in r.getMessage() for r in library_logs.records)
 
 
 def test_every_trace_of_a_restored_process_says_so_and_none_elsewhere(events: list[Any]) -> None:
