@@ -129,7 +129,9 @@ class FrameServer:
                 self._idle.wait_for(lambda: not self._busy, max(0.0, deadline - time.monotonic()))
                 connections = list(self._connections) if not self._busy else None
             if connections is not None:
-                readable = _readable(connections)
+                listener = self._listener
+                # A connection still waiting to be accepted may have written already.
+                readable = _readable(connections if listener is None else [*connections, listener])
                 # The reader marks itself busy before it takes data out of a socket: nothing
                 # unread and still not busy means all written before was taken in.
                 with self._lock:
@@ -142,10 +144,11 @@ class FrameServer:
     def ever_connected(self) -> bool:
         """Whether a function process has connected (or is waiting to be accepted): a traced
         handler's connects while it is decorated, during Init."""
-        if self._accepted_any:
-            return True
-        listener = self._listener
-        return listener is not None and bool(_readable([listener]))
+        with self._lock:  # the reader accepts and notes it under the lock: never neither seen
+            if self._accepted_any:
+                return True
+            listener = self._listener
+            return listener is not None and bool(_readable([listener]))
 
     def restored(self) -> None:
         """After a restore from a snapshot: no invocation was under way on a connection made
@@ -189,7 +192,14 @@ class FrameServer:
         """Take every pending connection; the new count of consecutive failures."""
         while True:
             try:
-                connection, _ = listener.accept()
+                # Under the lock, from the backlog into the connections: settle and
+                # ever_connected never find a connection in neither.
+                with self._lock:
+                    connection, _ = listener.accept()
+                    self._accepted_any = True
+                    crowded = len(self._connections) >= self.max_connections
+                    if not crowded:
+                        self._connections[connection] = Stream()
             except BlockingIOError:
                 return 0
             except OSError as exc:
@@ -198,15 +208,10 @@ class FrameServer:
                 # Out of file descriptors and the like: let the function's side close some.
                 threading.Event().wait(min(1.0, 0.01 * 2**failures))
                 return failures
-            with self._lock:
-                crowded = len(self._connections) >= self.max_connections
-                if not crowded:
-                    self._connections[connection] = Stream()
             if crowded:
                 _log.once("connections", f"more than {self.max_connections} connections on {self.path}; refusing more")
                 connection.close()  # the library spools what it cannot write
                 continue
-            self._accepted_any = True
             connection.setblocking(False)
             selector.register(connection, selectors.EVENT_READ, None)
 

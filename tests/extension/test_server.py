@@ -380,3 +380,30 @@ def test_settle_waits_until_what_an_open_connection_wrote_is_taken_in(harness: H
         assert harness.server.settle(TIMEOUT)
         assert sorted(harness.uuids()) == sorted(e["uuid"] for e in items)
         assert harness.server.settle(0)  # nothing more: returns at once
+
+
+def test_settle_waits_for_a_connection_not_yet_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A busy machine: the function has connected and written, the reader has not yet accepted.
+    held = threading.Event()
+    accept = FrameServer._accept
+
+    def held_back(self: FrameServer, *args: object) -> int:
+        assert held.wait(TIMEOUT)
+        return accept(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FrameServer, "_accept", held_back)
+    h = Harness(tmp_path)
+    assert h.server.start()
+    try:
+        event = make_event()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(h.path)
+            client.sendall(events_frame(event))
+            assert h.server.ever_connected()
+            assert not h.server.settle(0.05)  # its frames are not taken in yet
+            held.set()
+            assert h.server.settle(TIMEOUT)
+            assert h.uuids() == [event["uuid"]]
+    finally:
+        held.set()
+        h.server.close()
