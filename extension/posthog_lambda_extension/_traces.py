@@ -224,7 +224,7 @@ def _started(record: Sequence[Any]) -> float | None:
 
 def _span_id(record: Any) -> str | None:
     """The id of a running span's record (None if it is not one: it could not be found again)."""
-    if not isinstance(record, list) or len(record) <= records.ID:
+    if not isinstance(record, list | tuple) or len(record) <= records.ID:
         return None
     span_id = record[records.ID]
     return span_id if isinstance(span_id, str) and span_id else None

@@ -38,11 +38,11 @@ from contextvars import ContextVar
 
 from posthog_lambda_contract import ids as _ids
 from posthog_lambda_contract.events import ANONYMOUS, DISTINCT_ID, GROUPS, make_event
+from posthog_lambda_contract.jsonable import to_jsonable
 
 from . import _config
 from ._context import current
 from ._drops import record_drop
-from ._jsonable import to_jsonable
 from ._log import logger
 from ._processor import export_events
 

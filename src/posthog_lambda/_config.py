@@ -10,9 +10,9 @@ import os
 
 from posthog_lambda_contract import environment as constants
 from posthog_lambda_contract.environment import DEFAULT_SOCKET, DEFAULT_SPOOL
+from posthog_lambda_contract.jsonable import DEFAULT_REDACT_KEYS, redact_key_set
 from posthog_lambda_contract.limits import AI_EVENT_LIMIT, BATCH_EVENT_LIMIT, MIN_EVENT_LIMIT, clamp
 
-from ._jsonable import DEFAULT_REDACT_KEYS, redact_key_set
 from ._log import logger
 
 TYPE_CHECKING = False

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from _collections_abc import Mapping  # collections.abc's, without its import cost
 
+from posthog_lambda_contract.jsonable import to_jsonable
+
 from ._config import get_config
 from ._context import current
 from ._decorate import instrument
-from ._jsonable import to_jsonable
 from ._lambda import deadline_ms, lambda_properties, request_id, take_first_invocation
 from ._log import logger
 from ._spans import Span, TraceSpan

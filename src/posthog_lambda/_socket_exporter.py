@@ -71,10 +71,10 @@ class SocketExporter:
             if running.root is not None:
                 payload["root"] = running.root
             payload["open"] = running.opened
-            return _frames.encode(_frames.START, payload)
+            return _frames.encode(_frames.START, payload, marshalled=True)
         if running.opened:
             payload["open"] = running.opened
-            return _frames.encode(_frames.OPEN, payload)
+            return _frames.encode(_frames.OPEN, payload, marshalled=True)
         return b""
 
     def _items_frames(self, header: dict[str, Any], items: Sequence[Item]) -> bytes:
@@ -92,10 +92,12 @@ class SocketExporter:
             else:
                 records.append(item)  # type: ignore[arg-type]
         try:
-            frame = _frames.encode(_frames.EVENTS, {"events": events, "trace": header, "spans": records})
+            payload = {"events": events, "trace": header, "spans": records}
+            frame = _frames.encode(_frames.EVENTS, payload, marshalled=True)
             if events and len(frame) > max_event_bytes:
                 events = [limits.fitted(e, limits.limit_for(e["event"], max_event_bytes)) for e in events]
-                frame = _frames.encode(_frames.EVENTS, {"events": events, "trace": header, "spans": records})
+                payload["events"] = events
+                frame = _frames.encode(_frames.EVENTS, payload, marshalled=True)
             if len(frame) <= BATCH_EVENT_LIMIT:
                 return frame
         except (TypeError, ValueError, _frames.FrameError):

@@ -16,13 +16,21 @@ from __future__ import annotations
 import time
 
 from posthog_lambda_contract import ids as _ids
-from posthog_lambda_contract.records import HAS_INPUT, HAS_OUTPUT, INPUT, MASK, RUNNING
+from posthog_lambda_contract.jsonable import SCALARS, Marshalled, marshalled
+from posthog_lambda_contract.records import (
+    HAS_INPUT,
+    HAS_OUTPUT,
+    INPUT,
+    INPUT_MARSHALLED,
+    MASK,
+    OUTPUT_MARSHALLED,
+    RUNNING,
+)
 
 from . import _config
 from ._context import current, deactivate
 from ._decorate import arguments, instrument
 from ._drops import record_drop
-from ._jsonable import SCALARS, to_jsonable
 from ._lambda import on_managed_instances
 from ._log import logger
 from ._missing import MISSING
@@ -121,7 +129,7 @@ class Span:
                 if not trace.record_input:
                     self._input = MISSING
                 elif type(value) not in SCALARS:
-                    self._input = to_jsonable(value, trace.redact)
+                    self._input = marshalled(value, trace.redact)
             if self._pending is not None and self._pending[0]:
                 self.update(**self._pending[0])
             self._token = current.set(self)
@@ -252,9 +260,9 @@ class Span:
                 return
             trace = self._trace
             if output is not MISSING and trace.record_output:
-                self._output = output if type(output) in SCALARS else to_jsonable(output, trace.redact)
+                self._output = output if type(output) in SCALARS else marshalled(output, trace.redact)
             if input is not MISSING and trace.record_input:
-                self._input = to_jsonable(input, trace.redact)
+                self._input = marshalled(input, trace.redact)
             if properties:
                 converted = trace.snapshot(dict(properties))
                 if self._properties is None:
@@ -296,15 +304,24 @@ class Span:
             self._library_fields(),
             0,
         ]
+        # Marshalled values go as plain bytes (marshal writes no subclass of a built-in).
         value = self._input
         if value is not MISSING:
-            record[MASK] = HAS_INPUT
+            if type(value) is Marshalled:
+                record[MASK] = HAS_INPUT | INPUT_MARSHALLED
+                value = bytes(value)
+            else:
+                record[MASK] = HAS_INPUT
             record.append(value)
         value = self._output_value()
         if value is not MISSING:
             if len(record) == INPUT:
                 record.append(None)
-            record[MASK] |= HAS_OUTPUT
+            if type(value) is Marshalled:
+                record[MASK] |= HAS_OUTPUT | OUTPUT_MARSHALLED
+                value = bytes(value)
+            else:
+                record[MASK] |= HAS_OUTPUT
             record.append(value)
         return tuple(record)
 

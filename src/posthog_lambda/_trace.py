@@ -17,13 +17,14 @@ from posthog_lambda_contract.events import (
     GROUPS,
     MAX_EVENT_BYTES,
     PRIVACY,
+    REDACT,
     SESSION_ID,
     TRACE_ID,
     make_event,
 )
+from posthog_lambda_contract.jsonable import to_jsonable
 
 from . import _processor
-from ._jsonable import to_jsonable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,6 +35,10 @@ if TYPE_CHECKING:
 
 _perf = time.perf_counter
 _wall = time.time
+
+
+_redact_lists: dict[frozenset[str], tuple[str, ...]] = {}
+"""Each redaction set as the header carries it (few distinct sets: the configurations')."""
 
 
 class Trace:
@@ -117,6 +122,11 @@ class Trace:
                 COMMON: self.common,
                 MAX_EVENT_BYTES: self.config.max_event_bytes,
             }
+            if self.redact:
+                keys = _redact_lists.get(self.redact)
+                if keys is None:
+                    keys = _redact_lists[self.redact] = tuple(sorted(self.redact))
+                header[REDACT] = keys
         return header
 
     def wall_at(self, perf: float) -> float:
@@ -124,7 +134,9 @@ class Trace:
         return self._wall0 + perf
 
     def snapshot(self, value: Any) -> Any:
-        """``value`` as JSON-safe data, redacted: a copy later changes cannot reach."""
+        """``value`` as JSON-safe data, redacted: a copy later changes cannot reach (for what the
+        library reads itself: properties, model parameters; span inputs and outputs are
+        ``marshalled``)."""
         return to_jsonable(value, self.redact)
 
     def event(self, kind: str, properties: dict[str, Any]) -> Event:

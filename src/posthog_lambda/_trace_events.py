@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from posthog_lambda_contract.jsonable import to_jsonable
+
 from ._config import get_config
 from ._context import current
 from ._drops import record_drop
-from ._jsonable import to_jsonable
 from ._log import logger
 from ._processor import export_events
 from ._trace import Trace

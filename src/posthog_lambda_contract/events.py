@@ -56,6 +56,9 @@ COMMON = "c"
 """Properties every event of the trace carries (the decorator's, the Lambda request id)."""
 MAX_EVENT_BYTES = "m"
 """The ``max_event_bytes`` the trace was made with: the extension fits its events to it."""
+REDACT = "r"
+"""The normalized keys (``jsonable.redact_key_set``) whose values are redacted from the trace's
+marshalled inputs and outputs, which are redacted as they are expanded (``records``)."""
 
 
 def header_of(event: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,8 @@ receives can never be changed by the span or the user afterwards.
 from __future__ import annotations
 
 from . import ids
-from .events import TRACE_ID, make_event
+from .events import REDACT, TRACE_ID, make_event
+from .jsonable import unmarshalled
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -28,10 +29,15 @@ if TYPE_CHECKING:
 # optional items, None when absent: the span's id (when something already used it: a child,
 # the user; else the reader makes one), error, user properties, ``$ai_*`` fields the library
 # sets beyond the common ones (model, tokens, Lambda figures...), and input and output, each
-# present only when the mask says so (None is a legitimate input or output).
+# present only when the mask says so (None is a legitimate input or output), each as a value or,
+# when the mask says so, as the bytes ``jsonable.marshalled`` wrote.
 KIND, NAME, PARENT, END_US, LATENCY_NS, ID, ERROR, PROPERTIES, FIELDS, MASK, INPUT, OUTPUT = range(12)
 HAS_INPUT = 1
 HAS_OUTPUT = 2
+INPUT_MARSHALLED = 4
+"""With HAS_INPUT: the input is the bytes ``jsonable.marshalled`` wrote, turned into JSON-safe,
+redacted data (the header's ``REDACT``) when the record is expanded."""
+OUTPUT_MARSHALLED = 8
 RUNNING = -1
 """LATENCY_NS of a span announced while it runs (START, OPEN): its END_US is when it started."""
 
@@ -43,6 +49,32 @@ def _messages(value: Any, role: str) -> Any:
     if isinstance(value, dict):
         return [value]
     return value
+
+
+_redact_sets: dict[tuple[str, ...], frozenset[str]] = {}
+
+
+def _value(header: dict[str, Any], slot: Any, marshalled: int) -> Any:
+    if not marshalled:
+        return slot
+    if not isinstance(slot, bytes):
+        raise TypeError(f"a marshalled value that is not bytes: {type(slot).__name__}")
+    return unmarshalled(slot, _redact(header))
+
+
+def _redact(header: dict[str, Any]) -> frozenset[str]:
+    """The header's REDACT keys as a set, made once per distinct list (a tuple when marshalled,
+    a list when it came as JSON)."""
+    keys = header.get(REDACT)
+    if not keys:
+        return frozenset()
+    keys = keys if type(keys) is tuple else tuple(keys)
+    found = _redact_sets.get(keys)
+    if found is None:
+        found = frozenset(str(k) for k in keys)
+        if len(_redact_sets) < 64:
+            _redact_sets[keys] = found
+    return found
 
 
 def expand(header: dict[str, Any], record: Sequence[Any]) -> Event:
@@ -68,15 +100,16 @@ def expand(header: dict[str, Any], record: Sequence[Any]) -> Event:
             library["$ai_generation_id"] = span_id
         if mask & HAS_INPUT:
             # Embedding input is a string or a list of strings, not chat messages.
-            value = record[INPUT]
+            value = _value(header, record[INPUT], mask & INPUT_MARSHALLED)
             library["$ai_input"] = _messages(value, "user") if kind == "$ai_generation" else value
         if mask & HAS_OUTPUT:
-            library["$ai_output_choices"] = _messages(record[OUTPUT], "assistant")
+            output = _value(header, record[OUTPUT], mask & OUTPUT_MARSHALLED)
+            library["$ai_output_choices"] = _messages(output, "assistant")
     else:
         if mask & HAS_INPUT:
-            library["$ai_input_state"] = record[INPUT]
+            library["$ai_input_state"] = _value(header, record[INPUT], mask & INPUT_MARSHALLED)
         if mask & HAS_OUTPUT:
-            library["$ai_output_state"] = record[OUTPUT]
+            library["$ai_output_state"] = _value(header, record[OUTPUT], mask & OUTPUT_MARSHALLED)
     if fields:
         library.update(fields)
     return make_event(kind, header, library, user, end_us / 1e6)

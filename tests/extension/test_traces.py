@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from posthog_lambda_contract import frames as _frames
-from posthog_lambda_contract.events import COMMON, MAX_EVENT_BYTES, SESSION_ID, iso
+from posthog_lambda_contract.events import COMMON, MAX_EVENT_BYTES, REDACT, SESSION_ID, iso
 from posthog_lambda_contract.records import expand
 from posthog_lambda_extension._loop import Extension
 from posthog_lambda_extension._settings import Settings
@@ -165,3 +165,24 @@ def test_a_reset_is_recognised_however_its_reason_is_spelled(tmp_path: Path, spe
     ext.shutdown({"eventType": "SHUTDOWN", "shutdownReason": spelled, "deadlineMs": int(time.time() * 1000) + 500})
     (trace,) = buffered(ext)
     assert trace["properties"]["lambda_status"] == status
+
+
+def test_a_start_as_the_library_writes_it_marshalled_tracks_its_running_spans(tmp_path: Path) -> None:
+    # Marshalled frames keep records as tuples, and inputs as marshal's bytes.
+    import marshal
+
+    from posthog_lambda_contract.records import HAS_INPUT, INPUT_MARSHALLED
+
+    ext = extension(tmp_path)
+    tools = (*TOOLS[:9], HAS_INPUT | INPUT_MARSHALLED, marshal.dumps({"tool": "search", "token": "t0ken"}, 4))
+    payload = start("r1", "t", int((time.time() + 60) * 1000), root=tuple(ROOT), open=[tools])
+    payload["trace"][REDACT] = ("token",)
+    frame = _frames.encode(_frames.START, payload, marshalled=True)
+    assert ext.intake.feed(_frames.Reader(), frame, "test")
+    ext.report_failed("timeout")
+    trace, cut = buffered(ext)
+    assert trace["properties"]["lambda_status"] == "timeout"
+    assert cut["properties"]["$ai_span_name"] == "tools"
+    assert cut["properties"]["$ai_input_state"] == {"tool": "search", "token": "[REDACTED]"}
+    assert cut["properties"]["lambda_status"] == "timeout"
+    ext.sender.close()  # type: ignore[union-attr]

@@ -8,7 +8,6 @@ import pytest
 
 from posthog_lambda import (
     _handler,
-    _jsonable,
     _processor,
     _spans,
     configure,
@@ -18,6 +17,7 @@ from posthog_lambda import (
     span,
 )
 from posthog_lambda.testing import capture_events
+from posthog_lambda_contract import jsonable as _jsonable
 from posthog_lambda_contract import records as _records
 from tests.helpers import one
 

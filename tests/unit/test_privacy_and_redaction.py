@@ -15,7 +15,7 @@ from posthog_lambda import (
     posthog_traced,
     span,
 )
-from posthog_lambda._jsonable import REDACTED
+from posthog_lambda_contract.jsonable import REDACTED
 from tests.helpers import one
 
 PRIVATE = ("$ai_input", "$ai_output_choices", "$ai_input_state", "$ai_output_state")

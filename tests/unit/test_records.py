@@ -11,6 +11,7 @@ import pytest
 from posthog_lambda import _destination, embedding, generation, posthog_traced, span
 from posthog_lambda._sink_exporter import SinkExporter
 from posthog_lambda._sinks import MemorySink
+from posthog_lambda_contract import frames as _frames
 from posthog_lambda_contract import records as _records
 from tests.helpers import LambdaContext
 
@@ -70,7 +71,11 @@ def test_records_expand_to_the_events_a_span_makes(privacy: bool, monkeypatch: p
 
     assert handler({"q": "capital?", "authorization": "secret"}, LambdaContext("r-1"))["answer"] == "Paris"
     ((header, items),) = keep.items
-    wire = json.loads(json.dumps({"trace": header, "spans": [item for item in items if type(item) is tuple]}))
+    # Over the wire as the socket exporter writes it (marshalled: inputs and outputs as bytes).
+    spans = [item for item in items if type(item) is tuple]
+    frame = _frames.encode(_frames.EVENTS, {"events": [], "trace": header, "spans": spans}, marshalled=True)
+    ((_, wire),), errors = _frames.Reader().feed(frame)
+    assert not errors
     expanded = [_records.expand(wire["trace"], record) for record in wire["spans"]]
     memory = MemorySink()
     SinkExporter(memory).export(header, [item for item in items if type(item) is tuple])

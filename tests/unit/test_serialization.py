@@ -15,7 +15,7 @@ from typing import Any
 import pydantic
 
 from posthog_lambda import span
-from posthog_lambda._jsonable import to_jsonable
+from posthog_lambda_contract.jsonable import to_jsonable
 from tests.helpers import one
 
 
