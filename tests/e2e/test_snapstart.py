@@ -60,7 +60,9 @@ def ids_of(events: Iterable[ReceivedEvent]) -> set[str]:
 @pytest.fixture
 def snapstart(deployment: Deployment) -> LambdaEnvironment:
     deployment.code(AGENT)
-    return deployment._environment({}, lifecycle="snap-start")
+    # The first invocation after a restore also waits for the restored processes to be scheduled:
+    # on a loaded machine that took more than the default 3 s once.
+    return deployment._environment({}, lifecycle="snap-start", timeout_s=10.0)
 
 
 def test_environments_restored_from_one_snapshot_share_no_id_and_lose_no_event(
