@@ -7,6 +7,7 @@ import argparse
 import datetime
 import importlib.metadata
 import importlib.util
+import json
 import os
 import platform
 import shlex
@@ -134,6 +135,64 @@ def capture_server(delay_ms: float = 0.0) -> Any:
         # Its slow_next fault, for more requests than any benchmark makes.
         server.slow_next(100_000, delay_ms / 1000)
     return server
+
+
+_REMOTE_CAPTURE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from posthog_lambda.local import CaptureServer
+server = CaptureServer(api_key="phc_local").start()
+if float(sys.argv[2]):
+    server.slow_next(100_000, float(sys.argv[2]) / 1000)
+print(server.url, flush=True)
+for line in sys.stdin:
+    found = [e.event for e in server.unique_events()]
+    print(json.dumps(found), flush=True)
+server.stop()
+"""
+
+
+class RemoteEvent:
+    def __init__(self, event: dict[str, Any]) -> None:
+        self.event = event
+        self.name: str = event.get("event", "")
+        self.properties: dict[str, Any] = event.get("properties", {})
+
+
+class RemoteCaptureServer:
+    """The local capture server in a process of its own: what it does per request (parsing,
+    decompressing) then takes nothing from the process that runs the local Lambda environment,
+    whose Runtime API it would otherwise slow down, as PostHog, far away, never does."""
+
+    def __init__(self, delay_ms: float = 0.0) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _REMOTE_CAPTURE, str(SRC), str(delay_ms)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        self._final: list[RemoteEvent] | None = None
+        self.url = self.process.stdout.readline().strip()
+        if not self.url.startswith("http"):
+            raise SystemExit("the capture server's process did not start")
+
+    def unique_events(self) -> list[RemoteEvent]:
+        """What arrived, each event once (after ``stop``: what had arrived by then)."""
+        if self._final is not None:
+            return self._final
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write("events\n")
+        self.process.stdin.flush()
+        return [RemoteEvent(e) for e in json.loads(self.process.stdout.readline())]
+
+    def stop(self) -> None:
+        if self._final is None:
+            self._final = self.unique_events()
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            self.process.wait(10)
 
 
 def closed_port() -> int:

@@ -106,3 +106,50 @@ def handler(event, context):
 def expected_total(spans: int = 10, generations: int = 2) -> int:
     """What every version of the handler returns under ``"total"``."""
     return spans * (spans - 1) // 2 + generations
+
+
+def _realistic(source: str) -> str:
+    """``source`` with the payloads real apps record (``_payloads``) defined at its top."""
+    import _payloads
+
+    values = "".join(f"{name} = {getattr(_payloads, name)!r}\n" for name in ("QUERY", "RESULTS", "MESSAGES", "CHOICES"))
+    return values + source
+
+
+# The same work as UNTRACED and POSTHOG_LAMBDA, with the shapes a small RAG handler records: each
+# span a retrieval query in and its results out (dicts), each generation a system and a user
+# message in and an assistant message with a tool call out.
+UNTRACED_REALISTIC = _realistic(
+    """
+def handler(event, context):
+    total = 0
+    for step in range(event.get("spans", 10)):
+        found = {**RESULTS, "step": step}
+        total += step
+    for call in range(event.get("generations", 2)):
+        reply = CHOICES
+        total += 1
+    return {"total": total}
+"""
+)
+
+POSTHOG_LAMBDA_REALISTIC = _realistic(
+    """
+from posthog_lambda import generation, posthog_traced, span
+
+@posthog_traced
+def handler(event, context):
+    total = 0
+    for step in range(event.get("spans", 10)):
+        with span(f"retrieve-{step}", input=QUERY) as s:
+            found = {**RESULTS, "step": step}
+            total += step
+            s.update(output=found)
+    for call in range(event.get("generations", 2)):
+        with generation("answer", model="gpt-4o-mini", provider="openai", input=MESSAGES) as g:
+            reply = CHOICES
+            total += 1
+            g.update(output=reply, input_tokens=120, output_tokens=48)
+    return {"total": total}
+"""
+)

@@ -22,8 +22,16 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from _common import capture_server, link_with_dependencies, median, p99, serve
-from _handlers import LANGFUSE, POSTHOG_LAMBDA, POSTHOG_PYTHON, UNTRACED, expected_total
+from _common import RemoteCaptureServer, link_with_dependencies, median, p99, serve
+from _handlers import (
+    LANGFUSE,
+    POSTHOG_LAMBDA,
+    POSTHOG_LAMBDA_REALISTIC,
+    POSTHOG_PYTHON,
+    UNTRACED,
+    UNTRACED_REALISTIC,
+    expected_total,
+)
 
 # A layer whose extension only registers and waits for events: what any extension costs in this
 # environment, to tell it apart from what posthog-lambda's costs. Started the way posthog-lambda's
@@ -83,8 +91,8 @@ class Setup:
 LAYER = "posthog-lambda"
 
 
-def _posthog_lambda(mode: str, label: str) -> Setup:
-    return Setup(mode, label, POSTHOG_LAMBDA, LAYER, {"POSTHOG_LAMBDA_FLUSH": mode}, sends="posthog")
+def _posthog_lambda(mode: str, label: str, source: str = POSTHOG_LAMBDA, key: str = "") -> Setup:
+    return Setup(key or mode, label, source, LAYER, {"POSTHOG_LAMBDA_FLUSH": mode}, sends="posthog")
 
 
 SETUPS = {
@@ -104,6 +112,29 @@ SETUPS = {
         _posthog_lambda("end", "b. posthog-lambda, `end` mode"),
         _posthog_lambda("batch", "b. posthog-lambda, `batch` mode"),
         _posthog_lambda("adaptive", "b. posthog-lambda, `adaptive` mode (default)"),
+        # The payloads real apps record (``_payloads``): the same comparison as a'' against b.
+        Setup(
+            "none_layer_real",
+            "e. no tracing, realistic payloads, posthog-lambda's layer attached (`end` mode)",
+            UNTRACED_REALISTIC,
+            LAYER,
+            {"POSTHOG_LAMBDA_FLUSH": "end"},
+            sends="posthog",
+        ),
+        Setup(
+            "none_layer_real_batch",
+            "e. no tracing, realistic payloads, posthog-lambda's layer attached (`batch` mode)",
+            UNTRACED_REALISTIC,
+            LAYER,
+            {"POSTHOG_LAMBDA_FLUSH": "batch"},
+            sends="posthog",
+        ),
+        _posthog_lambda(
+            "end", "f. posthog-lambda, realistic payloads, `end` mode", POSTHOG_LAMBDA_REALISTIC, "end_real"
+        ),
+        _posthog_lambda(
+            "batch", "f. posthog-lambda, realistic payloads, `batch` mode", POSTHOG_LAMBDA_REALISTIC, "batch_real"
+        ),
         Setup("posthog", "c. posthog-python Client + flush()", POSTHOG_PYTHON, packages=("posthog",), sends="posthog"),
         Setup("langfuse", "d. Langfuse `@observe` + flush()", LANGFUSE, packages=("langfuse",), sends="langfuse"),
     )
@@ -198,7 +229,7 @@ class Functions:
             # Each environment has a /tmp of its own, as on AWS: the default socket path is theirs.
             env = dict(setup.env)
             if setup.sends == "posthog":
-                server = capture_server(self.delay_ms)
+                server = RemoteCaptureServer(self.delay_ms)
                 self._stack.callback(server.stop)
                 env |= {"POSTHOG_API_KEY": "phc_local", "POSTHOG_HOST": server.url}
                 self.receivers[setup.key] = server
@@ -266,7 +297,7 @@ class Functions:
             else:
                 names = [e.name for e in receiver.unique_events()]
                 got = {name: names.count(name) for name in ("$ai_trace", "$ai_span", "$ai_generation")}
-                traced = setup.source != UNTRACED
+                traced = setup.source not in (UNTRACED, UNTRACED_REALISTIC)
                 wanted = {
                     "$ai_trace": counts.invocations * traced,
                     "$ai_span": counts.spans * traced,

@@ -14,9 +14,10 @@ a new span each time, from the same description.
 from __future__ import annotations
 
 import time
+from marshal import dumps as _dumps
 
 from posthog_lambda_contract import ids as _ids
-from posthog_lambda_contract.jsonable import SCALARS, Marshalled, marshalled
+from posthog_lambda_contract.jsonable import MARSHAL_VERSION, SCALARS, captured, to_jsonable
 from posthog_lambda_contract.records import (
     HAS_INPUT,
     HAS_OUTPUT,
@@ -62,6 +63,7 @@ class Span:
         "_input",
         "_label",
         "_latency",
+        "_marshalled",
         "_output",
         "_start",
         "_token",
@@ -98,6 +100,8 @@ class Span:
         self._latency: float | None = None
         """Seconds; None until the span ends."""
         self._output: Any = MISSING
+        self._marshalled = 0
+        """INPUT_MARSHALLED and OUTPUT_MARSHALLED: which of the two are marshal's bytes."""
         self._token: Token[Span | None] | None = None
 
     # -- starting and ending --------------------------------------------------------------
@@ -128,8 +132,13 @@ class Span:
             if value is not MISSING:
                 if not trace.record_input:
                     self._input = MISSING
-                elif type(value) not in SCALARS:
-                    self._input = marshalled(value, trace.redact)
+                elif type(value) not in SCALARS and not self._marshalled:
+                    # jsonable.captured, written out: the hot path.
+                    try:
+                        self._input = _dumps(value, MARSHAL_VERSION)
+                        self._marshalled = INPUT_MARSHALLED
+                    except (ValueError, TypeError, RecursionError):
+                        self._input = to_jsonable(value, trace.redact)
             if self._pending is not None and self._pending[0]:
                 self.update(**self._pending[0])
             self._token = current.set(self)
@@ -181,6 +190,7 @@ class Span:
         fresh = type(self)(self._label)
         fresh._pending = self._pending
         fresh._input = self._input  # as given, or as recorded if this span already started
+        fresh._marshalled = self._marshalled & INPUT_MARSHALLED
         return fresh
 
     async def __aenter__(self) -> Self:
@@ -260,9 +270,11 @@ class Span:
                 return
             trace = self._trace
             if output is not MISSING and trace.record_output:
-                self._output = output if type(output) in SCALARS else marshalled(output, trace.redact)
+                self._output, is_marshalled = captured(output, trace.redact)
+                self._marshalled = self._marshalled & ~OUTPUT_MARSHALLED | (OUTPUT_MARSHALLED if is_marshalled else 0)
             if input is not MISSING and trace.record_input:
-                self._input = marshalled(input, trace.redact)
+                self._input, is_marshalled = captured(input, trace.redact)
+                self._marshalled = self._marshalled & ~INPUT_MARSHALLED | (INPUT_MARSHALLED if is_marshalled else 0)
             if properties:
                 converted = trace.snapshot(dict(properties))
                 if self._properties is None:
@@ -304,24 +316,15 @@ class Span:
             self._library_fields(),
             0,
         ]
-        # Marshalled values go as plain bytes (marshal writes no subclass of a built-in).
         value = self._input
         if value is not MISSING:
-            if type(value) is Marshalled:
-                record[MASK] = HAS_INPUT | INPUT_MARSHALLED
-                value = bytes(value)
-            else:
-                record[MASK] = HAS_INPUT
+            record[MASK] = HAS_INPUT | (self._marshalled & INPUT_MARSHALLED)
             record.append(value)
         value = self._output_value()
         if value is not MISSING:
             if len(record) == INPUT:
                 record.append(None)
-            if type(value) is Marshalled:
-                record[MASK] |= HAS_OUTPUT | OUTPUT_MARSHALLED
-                value = bytes(value)
-            else:
-                record[MASK] |= HAS_OUTPUT
+            record[MASK] |= HAS_OUTPUT | (self._marshalled & OUTPUT_MARSHALLED)
             record.append(value)
         return tuple(record)
 

@@ -2,7 +2,7 @@
 
 A captured value is copied when it is captured (not when the event is sent) so that later
 mutation of the user's objects (an agent appending to its message list) cannot rewrite what was
-recorded. A span's input and output are copied by ``marshalled``: ``marshal`` writes plain data
+recorded. A span's input and output are copied by ``captured``: ``marshal`` writes plain data
 (dicts, lists, strings, numbers) to bytes in C, several times faster than any Python-level copy,
 and those bytes are both the immutable copy and what travels to the extension; ``to_jsonable``
 turns them into JSON-safe data, redacted, where the event is made (``records.expand``: in the
@@ -82,27 +82,20 @@ MARSHAL_VERSION = 4
 """What every Python the layer supports (3.11 to 3.14) reads and writes alike for plain data."""
 
 
-class Marshalled(bytes):
-    """A captured value as ``marshal`` wrote it (``marshalled``): its copy until it is expanded."""
-
-    __slots__ = ()
-
-
-def marshalled(value: Any, redact: frozenset[str] = frozenset()) -> Any:
-    """What a span records of a captured value: a plain scalar as it is; plain data as its
-    ``Marshalled`` bytes, redacted only when expanded (``unmarshalled``); anything else as a
-    JSON-safe copy, redacted now (``to_jsonable``)."""
-    kind = type(value)
-    if kind in SCALARS or kind is Marshalled:
-        return value
+def captured(value: Any, redact: frozenset[str] = frozenset()) -> tuple[Any, bool]:
+    """What a span keeps of a captured value, and whether it is marshal's bytes: a plain scalar
+    as it is; plain data as marshal wrote it, redacted only when expanded (``unmarshalled``);
+    anything else as a JSON-safe copy, redacted now (``to_jsonable``)."""
+    if type(value) in SCALARS:
+        return value, False
     try:
-        return Marshalled(_dumps(value, MARSHAL_VERSION))
+        return _dumps(value, MARSHAL_VERSION), True
     except (ValueError, TypeError, RecursionError):  # not plain data, or nested too deep for marshal
-        return to_jsonable(value, redact)
+        return to_jsonable(value, redact), False
 
 
 def unmarshalled(data: bytes, redact: frozenset[str] = frozenset()) -> Any:
-    """The JSON-safe, redacted form of a value ``marshalled`` wrote. Raises ValueError (or
+    """The JSON-safe, redacted form of a value ``captured`` marshalled. Raises ValueError (or
     EOFError, TypeError) for bytes it did not write."""
     return to_jsonable(_loads(data), redact)
 

@@ -30,12 +30,12 @@ if TYPE_CHECKING:
 # the user; else the reader makes one), error, user properties, ``$ai_*`` fields the library
 # sets beyond the common ones (model, tokens, Lambda figures...), and input and output, each
 # present only when the mask says so (None is a legitimate input or output), each as a value or,
-# when the mask says so, as the bytes ``jsonable.marshalled`` wrote.
+# when the mask says so, as the bytes ``jsonable.captured`` marshalled.
 KIND, NAME, PARENT, END_US, LATENCY_NS, ID, ERROR, PROPERTIES, FIELDS, MASK, INPUT, OUTPUT = range(12)
 HAS_INPUT = 1
 HAS_OUTPUT = 2
 INPUT_MARSHALLED = 4
-"""With HAS_INPUT: the input is the bytes ``jsonable.marshalled`` wrote, turned into JSON-safe,
+"""With HAS_INPUT: the input is the bytes ``jsonable.captured`` marshalled, turned into JSON-safe,
 redacted data (the header's ``REDACT``) when the record is expanded."""
 OUTPUT_MARSHALLED = 8
 RUNNING = -1

@@ -16,8 +16,7 @@ from posthog_lambda_contract import frames as _frames
 from posthog_lambda_contract.jsonable import (
     DEFAULT_REDACT_KEYS,
     REDACTED,
-    Marshalled,
-    marshalled,
+    captured,
     redact_key_set,
     to_jsonable,
     unmarshalled,
@@ -58,9 +57,10 @@ PLAIN = [
 @pytest.mark.parametrize("value", PLAIN, ids=range(len(PLAIN)))
 def test_a_marshalled_value_expands_to_what_to_jsonable_makes(value: Any) -> None:
     for redact in (REDACT, frozenset()):
-        captured = marshalled(value, redact)
-        assert type(captured) is Marshalled
-        expanded = unmarshalled(bytes(captured), redact)
+        kept, is_marshalled = captured(value, redact)
+        assert is_marshalled
+        assert type(kept) is bytes
+        expanded = unmarshalled(kept, redact)
         assert json.dumps(expanded, allow_nan=False) == json.dumps(to_jsonable(value, redact), allow_nan=False)
 
 
@@ -70,19 +70,38 @@ def test_what_marshal_cannot_write_is_copied_and_redacted_at_once() -> None:
         OrderedDict(token="t", a=1),
         [type("Name", (str,), {})("x"), {"secret": 1}],
     ):
-        captured = marshalled(value, REDACT)
-        assert type(captured) is not Marshalled
-        assert captured == to_jsonable(value, REDACT)
-        assert REDACTED in json.dumps(captured)
+        kept, is_marshalled = captured(value, REDACT)
+        assert not is_marshalled
+        assert kept == to_jsonable(value, REDACT)
+        assert REDACTED in json.dumps(kept)
     too_deep = deep(5000)  # beyond marshal's depth: copied (and cut) at once
-    assert marshalled(too_deep) == to_jsonable(too_deep)
+    assert captured(too_deep) == (to_jsonable(too_deep), False)
 
 
-def test_scalars_stay_as_they_are_and_a_captured_value_is_not_captured_twice() -> None:
+def test_scalars_stay_as_they_are() -> None:
     for value in ("text", 3, True, None):
-        assert marshalled(value) is value
-    captured = marshalled({"a": [1]})
-    assert marshalled(captured) is captured
+        assert captured(value) == (value, False)
+    kept, is_marshalled = captured(b"raw")  # bytes a user records are data like any other
+    assert is_marshalled
+    assert unmarshalled(kept) == "raw"
+
+
+def test_a_span_entered_again_does_not_capture_its_input_twice(events: list[Any]) -> None:
+    described = span("again", input={"q": [1, 2]})
+    with described:
+        pass
+    with described, described:  # a copy of a started span: its input is marshal's bytes already
+        pass
+    assert [e["properties"]["$ai_input_state"] for e in events if e["event"] == "$ai_span"] == [{"q": [1, 2]}] * 3
+
+
+def test_an_update_replaces_what_was_captured_and_how(events: list[Any]) -> None:
+    with span("s", input={"a": 1}) as s:
+        s.update(input="plain now", output={"b": [2]})
+        s.update(output=datetime.date(2026, 12, 3))  # not plain data: copied now
+    props = one(events, "$ai_span")["properties"]
+    assert props["$ai_input_state"] == "plain now"
+    assert props["$ai_output_state"] == "2026-12-03"
 
 
 def test_later_changes_to_the_users_objects_do_not_reach_the_event(events: list[Any]) -> None:
