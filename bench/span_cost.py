@@ -89,11 +89,15 @@ def baseline() -> Timed:
     return run
 
 
-def otel_span() -> Timed:
+def _otel_tracer() -> Any:
     # ALWAYS_ON explicitly: OTEL_TRACES_SAMPLER in the environment must not turn recording off.
     provider = TracerProvider(sampler=ALWAYS_ON)
     provider.add_span_processor(SimpleSpanProcessor(NullExporter()))
-    tracer = provider.get_tracer("bench")
+    return provider.get_tracer("bench")
+
+
+def otel_span() -> Timed:
+    tracer = _otel_tracer()
 
     def run(ops: int) -> int:
         with tracer.start_as_current_span("outer"):
@@ -112,9 +116,7 @@ def otel_realistic_span() -> Timed:
     GenAI instrumentations do (attributes take no dicts)."""
     import json
 
-    provider = TracerProvider(sampler=ALWAYS_ON)
-    provider.add_span_processor(SimpleSpanProcessor(NullExporter()))
-    tracer = provider.get_tracer("bench")
+    tracer = _otel_tracer()
 
     def run(ops: int) -> int:
         with tracer.start_as_current_span("outer"):

@@ -132,7 +132,7 @@ class Span:
             if value is not MISSING:
                 if not trace.record_input:
                     self._input = MISSING
-                elif type(value) not in SCALARS and not self._marshalled:
+                elif type(value) not in SCALARS and not self._marshalled & INPUT_MARSHALLED:
                     # jsonable.captured, written out: the hot path.
                     try:
                         self._input = _dumps(value, MARSHAL_VERSION)

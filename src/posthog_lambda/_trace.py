@@ -135,8 +135,8 @@ class Trace:
 
     def snapshot(self, value: Any) -> Any:
         """``value`` as JSON-safe data, redacted: a copy later changes cannot reach (for what the
-        library reads itself: properties, model parameters; span inputs and outputs are
-        ``marshalled``)."""
+        library reads itself: properties, model parameters; span inputs and outputs are kept as
+        ``jsonable.captured`` makes them)."""
         return to_jsonable(value, self.redact)
 
     def event(self, kind: str, properties: dict[str, Any]) -> Event:

@@ -45,6 +45,8 @@ import struct
 from marshal import dumps as _marshal_dumps
 from marshal import loads as _marshal_loads
 
+from .jsonable import MARSHAL_VERSION
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -59,8 +61,7 @@ SNAPSHOT = 5
 KINDS = {START: "START", EVENTS: "EVENTS", END: "END", OPEN: "OPEN", SNAPSHOT: "SNAPSHOT"}
 
 MARSHALLED = 0x80
-"""Set in the kind byte: the payload is written by marshal, not JSON."""
-MARSHAL_VERSION = 4
+"""Set in the kind byte: the payload is written by marshal (``MARSHAL_VERSION``), not JSON."""
 
 HEADER = struct.Struct(">2sBBI")
 MAX_PAYLOAD = 16 * 1024 * 1024
