@@ -141,6 +141,13 @@ print(request_id)
 def record_traffic(invocations: int, spans: int) -> Traffic:
     """What ``invocations`` calls of the traced handler with ``spans`` spans each write to the
     extension's socket (each span an event, plus each invocation's ``$ai_trace``)."""
+    data, printed = record(_GENERATE, str(invocations), str(spans))
+    return Traffic(data, printed.strip().splitlines()[-1])
+
+
+def record(generator: str, *args: str) -> tuple[bytes, str]:
+    """What the Python program ``generator`` (calling a traced handler, with ``args``) writes to
+    the extension's socket, on every connection it makes, and what it printed."""
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "recorder.sock")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -168,7 +175,7 @@ def record_traffic(invocations: int, spans: int) -> Traffic:
 
         threading.Thread(target=take, name="bench-recorder", daemon=True).start()
         done = subprocess.run(
-            [sys.executable, "-c", _GENERATE, str(invocations), str(spans)],
+            [sys.executable, "-c", generator, *args],
             env={
                 "PATH": os.environ.get("PATH", ""),
                 "PYTHONPATH": str(SRC),
@@ -188,7 +195,7 @@ def record_traffic(invocations: int, spans: int) -> Traffic:
         spool = Path(tmp) / "spool"
         if spool.exists() and any(spool.iterdir()):
             raise SystemExit("the library spooled part of the traffic instead of writing it to the socket")
-    return Traffic(b"".join(chunks), done.stdout.strip().splitlines()[-1])
+    return b"".join(chunks), done.stdout
 
 
 def replay(socket_path: str, traffic: Traffic) -> float:

@@ -24,6 +24,7 @@ ORDER = (
     "extension_start",
     "extension_throughput",
     "managed_instances",
+    "cpu_share",
     "layer_size",
     "emulator",
     "make_bench",

@@ -29,6 +29,7 @@ SCRIPTS: list[tuple[str, list[str]]] = [
     ("extension_start.py", ["--rounds", "3"]),
     ("extension_throughput.py", ["--rounds", "2"]),
     ("managed_instances.py", ["--rounds", "2"]),
+    ("cpu_share.py", ["--invocations", "20", "--cold", "2"]),
 ]
 """Each script, and its ``--quick`` arguments."""
 BUDGET_S = 600.0

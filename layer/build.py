@@ -37,24 +37,36 @@ EXTENSION_DIR = "posthog-lambda-extension"
 
 LAUNCHER = f"""#!/bin/sh
 # Lambda runs every file in /opt/extensions; this one starts the posthog-lambda extension with
-# the runtime's own Python, isolated from the function's packages and PYTHONPATH.
-for python in /var/lang/bin/python3 "$(command -v python3 2>/dev/null)"; do
-    if [ -n "$python" ] && [ -x "$python" ]; then
-        exec "$python" -I -S /opt/{EXTENSION_DIR}/bootstrap.py "$(basename "$0")"
-    fi
-done
+# the runtime's own Python, isolated from the function's packages and PYTHONPATH (-I), without
+# site (-S) and never writing bytecode (-B: /opt is read-only; the layer ships it). No command
+# substitution on the way: each forks a shell, paid in Init (a 128 MB sandbox has 7% of a vCPU).
+python=/var/lang/bin/python3
+if [ ! -x "$python" ]; then
+    python=$(command -v python3 2>/dev/null)
+fi
+if [ -n "$python" ] && [ -x "$python" ]; then
+    exec "$python" -I -S -B /opt/{EXTENSION_DIR}/bootstrap.py "${{0##*/}}"
+fi
 echo "[posthog-lambda] no Python interpreter (looked for /var/lang/bin/python3 and python3 on PATH):" \\
     "the extension needs a Python runtime; events are not sent"
 exit 1
 """
 
-BOOTSTRAP = '''"""Put the extension's directory, and nothing of the function's, on the path; then run it."""
-import os
-import runpy
+BOOTSTRAP = '''"""Put the extension's directory, and nothing of the function's, on the path; then run it.
+
+Its main directly, not runpy (nor -m): runpy's imports (importlib.util, contextlib...) cost CPU
+on every cold start, paid again in Init at Lambda's CPU share. The collector is off until the
+extension is set up (its main turns it back on): what start-up makes lives as long as the
+process, so collecting meanwhile would only cost CPU."""
+import gc
+
+gc.disable()
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-runpy.run_module("posthog_lambda_extension", run_name="__main__", alter_sys=True)
+sys.path.insert(0, __file__.rpartition("/")[0] or ".")
+from posthog_lambda_extension._main import main
+
+sys.exit(main(sys.argv[1:]))
 '''
 
 _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -139,8 +151,8 @@ def _bundle_secret_store_client(private: Path) -> None:
 
 def _compile(out: Path) -> None:
     """Ship bytecode for every supported runtime version this machine has an interpreter for:
-    /opt is read-only on Lambda, so without it every cold start compiles the extension before it
-    can register (about twice as long). Unchecked hashes: the zip's timestamps must not make them
+    /opt is read-only on Lambda, so without it every cold start compiles the extension until its
+    first next (about three times the CPU, paid in Init). Unchecked hashes: the zip's timestamps must not make them
     stale. Each version's files are tagged (``.cpython-312.pyc``), so the others ignore them."""
     # What runs before the extension registers, and the library; the bundled powertools loads
     # only after registering, when a secret store is configured, so it ships as source.
@@ -150,22 +162,31 @@ def _compile(out: Path) -> None:
         str(private / "posthog_lambda_contract"),
         str(out / "python"),
     ]
-    for python in _interpreters():
+    found = _interpreters()
+    for python in found.values():
         subprocess.run(
             [python, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash", *directories],
             check=True,
         )
+    missing = [f"3.{minor}" for minor in SUPPORTED_MINORS if (3, minor) not in found]
+    if missing:
+        # Said, not fatal: the layer works on those runtimes, only slower to start there.
+        print(
+            f"layer/build.py: no Python {', '.join(missing)} on this machine (PATH, ~/.pyenv/versions): the layer "
+            "ships no bytecode for those runtimes, where the extension's start-up costs about 3x the CPU",
+            file=sys.stderr,
+        )
 
 
-def _interpreters() -> list[str]:
-    """This interpreter, and one for each other supported version found on PATH or in pyenv."""
+def _interpreters() -> dict[tuple[int, int], str]:
+    """This interpreter, and one for each other supported version found on PATH or in pyenv, by version."""
     found = {sys.version_info[:2]: sys.executable}
     for minor in SUPPORTED_MINORS:
         if (3, minor) not in found:
             python = interpreter(minor)
             if python is not None:
                 found[(3, minor)] = python
-    return [found[version] for version in sorted(found)]
+    return {version: found[version] for version in sorted(found)}
 
 
 def interpreter(minor: int) -> str | None:

@@ -44,3 +44,12 @@ def one(events: list[Any], kind: str, name: str | None = None) -> Any:
     found = [e for e in by_kind(events, kind) if name is None or e["properties"].get("$ai_span_name") == name]
     assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}: {[e['event'] for e in events]}"
     return found[0]
+
+
+def built_layer() -> Path:
+    """build/layer exactly as `make layer` built it (`make test` builds it first); built here
+    with the same recipe only when a test run started without it."""
+    built = ROOT / "build" / "layer"
+    if not (built / "extensions" / "posthog-lambda").exists():
+        layer_build().build(built)
+    return built

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from posthog_lambda.local import CaptureServer, LambdaEnvironment
-from tests.helpers import layer_build
+from tests.helpers import built_layer
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "phc_local"
@@ -18,12 +18,7 @@ KEY = "phc_local"
 
 @pytest.fixture(scope="session")
 def layer_dir() -> Path:
-    """build/layer exactly as `make layer` built it (`make test` builds it first); built here
-    with the same recipe only when a test run started without it."""
-    built = ROOT / "build" / "layer"
-    if not (built / "extensions" / "posthog-lambda").exists():
-        layer_build().build(built)
-    return built
+    return built_layer()
 
 
 @pytest.fixture

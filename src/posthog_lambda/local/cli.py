@@ -18,6 +18,7 @@ from .capture_server import CaptureServer, ReceivedRequest
 from .capture_server.received import events_text
 from .emulator import BEHAVIOURS, LIFECYCLES, InitResult, InvokeResult, LambdaEnvironment, SandboxError, ShutdownResult
 from .emulator.behaviour import LAMBDA
+from .emulator.cpu import MAX_MEMORY_MB, MB_PER_VCPU, MIN_MEMORY_MB, PERIOD_US
 from .emulator.lifecycle import MANAGED_INSTANCES, ON_DEMAND
 from .emulator.managed import ManagedInstancesEnvironment
 
@@ -65,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
         "container images): its SHUTDOWN reasons, Telemetry API answered 202 Telemetry.NotSupported, the "
         "response held until every extension is back in next, no freezing",
     )
+    parser.add_argument(
+        "--cpu-share",
+        action="store_true",
+        help="give the function's and extensions' processes Lambda's CPU for --memory (1,769 MB is one vCPU, "
+        "128 MB 7.2%% of one): a CFS quota on a cgroup of their own; needs root and cgroup v1's cpu controller "
+        "at /sys/fs/cgroup/cpu. Latencies under a quota are bimodal (within the current 100 ms period or "
+        "after it): compare means over many --times",
+    )
     return parser
 
 
@@ -94,6 +103,15 @@ def _invocation(number: int, result: InvokeResult) -> str:
     return "\n".join(lines)
 
 
+def _cpu_share(lambda_env: LambdaEnvironment) -> str:
+    quota = lambda_env.cpu_quota_us
+    assert quota is not None
+    return (
+        f"CPU share: {lambda_env.memory_mb} MB of {MB_PER_VCPU:,} MB per vCPU = {quota / PERIOD_US:.1%} of a vCPU "
+        f"(CFS quota {quota} us per {PERIOD_US} us, cgroup {lambda_env.cpu_cgroup})"
+    )
+
+
 def _shutdown(result: ShutdownResult) -> str:
     lines = [f"shutdown ({result.reason}, deadline {result.deadline_ms:.0f} ms)"]
     for extension in result.extensions:
@@ -112,6 +130,10 @@ def local(argv: Sequence[str]) -> int:
         parser.error("--max-concurrency must be 1 or more")
     if options.behaviour != LAMBDA and options.lifecycle != ON_DEMAND:
         parser.error(f"--behaviour {options.behaviour} goes with --lifecycle {ON_DEMAND}")
+    if options.cpu_share and options.lifecycle == MANAGED_INSTANCES:
+        parser.error(f"--cpu-share is Lambda's 1,769 MB per vCPU: not for --lifecycle {MANAGED_INSTANCES}")
+    if options.cpu_share and not MIN_MEMORY_MB <= options.memory <= MAX_MEMORY_MB:
+        parser.error(f"--cpu-share needs --memory from {MIN_MEMORY_MB} to {MAX_MEMORY_MB} (MB), as on Lambda")
     event = json.loads(options.event.read_text()) if options.event else {}
     env = dict(item.split("=", 1) for item in options.env if "=" in item)
     try:
@@ -126,7 +148,10 @@ def local(argv: Sequence[str]) -> int:
             lifecycle=options.lifecycle,
             max_concurrency=options.max_concurrency,
             behaviour=options.behaviour,
+            cpu_share=options.cpu_share,
         ) as lambda_env:
+            if lambda_env.cpu_quota_us is not None:
+                print(_cpu_share(lambda_env), flush=True)
             if isinstance(lambda_env, ManagedInstancesEnvironment):
                 _invoke_concurrently(lambda_env, event, options.times)
             else:

@@ -14,7 +14,9 @@
   stand-in for Lambda in front of an extension a test or benchmark starts itself;
 - ``telemetry``: the Telemetry API's delivery to subscribers;
 - ``sandbox``: each process's view of the file system (``/opt``, ``/tmp``), its user, its
-  environment and signals.
+  environment and signals;
+- ``cpu``: Lambda's CPU share for the memory size (``cpu_share=True``), a CFS quota on a cgroup
+  v1 cpu cgroup holding every process of the sandbox.
 """
 
 from __future__ import annotations

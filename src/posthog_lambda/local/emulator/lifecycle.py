@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import ClassVar, cast
 
 from .behaviour import BEHAVIOURS, BY_NAME, INIT_FAILURE, LAMBDA, SPINDOWN
+from .cpu import MAX_MEMORY_MB, MIN_MEMORY_MB, CpuShare, lambda_quota_us
 from .extensions import ExtensionsApi, epoch_ms_in, function_arn, invoke_event, new_trace_header, shutdown_event
 from .processes import ExtensionProcess, Process, RuntimeProcess
 from .results import ExtensionInit, ExtensionShutdown, InitResult, InvokeResult, RestoreResult, ShutdownResult
@@ -106,6 +107,22 @@ class LambdaEnvironment:
     Its processes share a ``/tmp`` of their own (``tmp_dir`` on this machine), as on AWS, so two
     environments never meet there; ``share`` names directories under this machine's ``/tmp``
     that they should also see at their usual paths (a test watching files, say).
+
+    ``cpu_share=True`` gives every process the environment starts (the runtime, each extension,
+    and whatever they start) Lambda's CPU for ``memory_mb`` (128 to 10,240): on Lambda 1,769 MB
+    is one vCPU and 128 MB 128/1769 of one (7.2 %). Here that is a CFS quota (period 100 ms,
+    quota ``round(100 ms * memory_mb / 1769)``, one vCPU at most: :attr:`cpu_quota_us`) on a
+    cgroup v1 ``cpu`` cgroup of the environment's own (:attr:`cpu_cgroup`, its
+    :meth:`cpu_stat`), made by :meth:`start` and removed by :meth:`close`; each process is in it
+    from before it runs anything of its own, so Init is covered too. It needs root and cgroup v1's
+    cpu controller (:data:`.cpu.CGROUP_ROOT`); :meth:`start` raises :class:`SandboxError` saying
+    which is missing rather than run at full speed. What it cannot reproduce (see ``cpu``): the
+    scheduling of Lambda's Firecracker microVM (and its more than one vCPU above 1,769 MB, or a
+    faster Init, as Lambda has been seen to give); the platform's own work (the APIs this Python
+    serves run outside the quota); and latencies under a quota are bimodal (an invocation fits in
+    what is left of the current 100 ms period or waits for the next one), so compare means over
+    many invocations. Not for ``lifecycle="lambda-managed-instances"``, whose CPU is set by the
+    capacity provider's memory per vCPU (2 to 8 GiB), not by this rule.
     """
 
     _RUNTIME_GRACE_S = RUNTIME_SHUTDOWN_S
@@ -150,6 +167,7 @@ class LambdaEnvironment:
         lifecycle: str = ON_DEMAND,
         max_concurrency: int | None = None,
         behaviour: str = LAMBDA,
+        cpu_share: bool = False,
     ) -> None:
         if telemetry_api not in TELEMETRY_MODES:
             raise ValueError(f"telemetry_api={telemetry_api!r}: one of {', '.join(TELEMETRY_MODES)}")
@@ -170,6 +188,26 @@ class LambdaEnvironment:
         if behaviour != LAMBDA and telemetry_api != "on":
             # The emulator's Telemetry API is a stub of its own: there is nothing left to break.
             raise ValueError(f"telemetry_api={telemetry_api!r} goes with behaviour='lambda' only")
+        if not isinstance(cpu_share, bool):
+            raise ValueError(f"cpu_share={cpu_share!r}: True or False")
+        if cpu_share and lifecycle == MANAGED_INSTANCES:
+            raise ValueError(
+                "cpu_share is Lambda's 1,769 MB per vCPU; Lambda Managed Instances get their CPU from the "
+                "capacity provider's memory per vCPU instead: not for lifecycle='lambda-managed-instances'"
+            )
+        if cpu_share and (
+            isinstance(memory_mb, bool)
+            or not isinstance(memory_mb, int)
+            or not MIN_MEMORY_MB <= memory_mb <= MAX_MEMORY_MB
+        ):
+            raise ValueError(
+                f"memory_mb={memory_mb!r}: with cpu_share, a whole number of MB from {MIN_MEMORY_MB} to "
+                f"{MAX_MEMORY_MB:,}, as on Lambda"
+            )
+        self.cpu_share = cpu_share
+        """Whether the processes get Lambda's CPU share for :attr:`memory_mb` (a CFS quota)."""
+        self.cpu_quota_us = lambda_quota_us(memory_mb) if cpu_share else None
+        """With :attr:`cpu_share`, the CFS quota per 100,000 µs period; None otherwise."""
         self.behaviour = behaviour
         """Whom the environment behaves as: Lambda, or the Runtime Interface Emulator."""
         self._behaves_as = BY_NAME[behaviour]
@@ -234,7 +272,12 @@ class LambdaEnvironment:
         self._server = ApiServer(*self._route_tables()).start("lambda-api")
 
     def _new_sandbox(self) -> Sandbox:
-        return Sandbox(self.layer_dir, exposed=[self.function_dir, *self.share])
+        return Sandbox(self.layer_dir, exposed=[self.function_dir, *self.share], cpu=self._new_cpu_share())
+
+    def _new_cpu_share(self) -> CpuShare | None:
+        """With :attr:`cpu_share`, the cgroup the sandbox's processes start in (the sandbox
+        owns it from then on)."""
+        return CpuShare(self.memory_mb) if self.cpu_share else None
 
     def _route_tables(self) -> list[Routes]:
         return [
@@ -249,6 +292,21 @@ class LambdaEnvironment:
         they: the extension's socket, for one, is there)."""
         assert self._sandbox is not None, "start() the environment first"
         return self._sandbox.tmp
+
+    @property
+    def cpu_cgroup(self) -> Path | None:
+        """With :attr:`cpu_share`, the environment's cgroup (``cpu.stat``, ``cgroup.procs``,
+        ``cpu.cfs_quota_us`` are there) from :meth:`start` to :meth:`close`; None otherwise."""
+        cpu = self._sandbox.cpu if self._sandbox is not None else None
+        return cpu.path if cpu is not None else None
+
+    def cpu_stat(self) -> dict[str, int]:
+        """With :attr:`cpu_share`, the cgroup's ``cpu.stat`` so far: ``nr_periods`` (100 ms
+        periods in which its processes ran), ``nr_throttled`` (those in which they used the quota
+        up and were stopped until the next), ``throttled_time`` (ns stopped)."""
+        cpu = self._sandbox.cpu if self._sandbox is not None else None
+        assert cpu is not None, "cpu_share=True, and start() the environment first"
+        return cpu.stat()
 
     @property
     def runtime_api(self) -> str:
@@ -266,16 +324,25 @@ class LambdaEnvironment:
             if self._server is not None:
                 self._server.close()
                 self._server = None
-            if self._sandbox is not None:
-                self._sandbox.close()
-                self._sandbox = None
+            self._close_sandbox()
+
+    def _close_sandbox(self) -> None:
+        """Remove the sandbox (its directory, its CPU cgroup), once its processes are gone."""
+        sandbox, self._sandbox = self._sandbox, None
+        if sandbox is not None:
+            sandbox.close()
 
     # -- environment variables -------------------------------------------------------------
 
     def function_environment(self) -> dict[str, str]:
         minor = f"{sys.version_info.major}.{sys.version_info.minor}"
         env = {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            # Lambda's PATH starts with the runtime's /var/lang/bin: the layer's launcher finds
+            # this interpreter there, not a wrapper first on this machine's PATH (pyenv's shim, a
+            # shell script costing about 70 ms of CPU, paid 14-fold in Init at 128 MB's share).
+            "PATH": os.pathsep.join(
+                [str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")]
+            ),
             "LANG": "en_US.UTF-8",
             "TZ": ":UTC",
             "AWS_REGION": self.region,
@@ -780,3 +847,5 @@ def _kill_leftovers() -> None:
     # An environment its user never closed must not outlive the interpreter (frozen, at that).
     for env in list(_live):
         env._kill_everything()
+        with contextlib.suppress(Exception):
+            env._close_sandbox()

@@ -22,6 +22,12 @@ tmpfs holding just those paths. When this Python is not root, the processes are 
 outside whatever they are inside (the user namespace of ``--map-root-user``): there is nothing to
 drop, and a nested user namespace only maps ``user`` onto that caller so that they do not see
 themselves as root.
+
+A sandbox made with ``cpu=`` (a :class:`~.cpu.CpuShare`: Lambda's CPU share for the memory size)
+starts each process in that CPU cgroup: its shell opens the cgroup's ``cgroup.procs`` before the
+mounts and, once they are made (as root, before any drop to ``user``), writes its own pid there
+and closes it, then execs the command. The process is in the cgroup before anything of the
+command runs, and what it starts is born there (the runtime's workers, an extension's children).
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from pathlib import Path
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence, Set
+
+    from .cpu import CpuShare
 
 SANDBOX_HOST = "sandbox.localdomain"
 
@@ -80,13 +88,30 @@ def _which(tool: str) -> str:
 class Sandbox:
     """The file system view shared by every process of one environment."""
 
-    def __init__(self, layer_dir: Path | None, exposed: Sequence[Path] = (), user: int | None = None) -> None:
+    def __init__(
+        self,
+        layer_dir: Path | None,
+        exposed: Sequence[Path] = (),
+        user: int | None = None,
+        cpu: CpuShare | None = None,
+    ) -> None:
         self.layer_dir = layer_dir.resolve() if layer_dir is not None else None
         self.user = user
         """The uid (and gid) the processes run as; None: as this Python (or root, inside)."""
         self.drops_privileges = user is not None and os.geteuid() == 0
         """A real drop from root: what the processes use must be usable by :attr:`user`."""
+        self.cpu = cpu
+        """The CPU cgroup every process starts in (Lambda's CPU share), if any; the sandbox
+        owns it: :meth:`close` removes it."""
         self._work = Path(tempfile.mkdtemp(prefix="posthog-lambda-local-"))
+        try:
+            self._set_up(exposed)
+        except BaseException:
+            # Nothing is left behind: the directory, and the cgroup handed over.
+            self.close()
+            raise
+
+    def _set_up(self, exposed: Sequence[Path]) -> None:
         self.tmp = self._work / "tmp"
         """What the environment's processes see as ``/tmp``."""
         self.tmp.mkdir()
@@ -177,10 +202,20 @@ class Sandbox:
         # The exposed directories are bound into the private /tmp while the machine's is still
         # visible, then the whole tree goes on /tmp (--rbind keeps those binds).
         binds = "".join(f"mount --bind {shlex.quote(str(a))} {shlex.quote(str(b))} && " for a, b in self._binds)
+        opened = joined = ""
+        arguments = [opt, str(self.hosts_file), str(self.tmp)]
+        if self.cpu is not None:
+            # cgroup.procs is opened on the machine's file system, before the mounts; the process
+            # moves itself in once they are made (they are this environment's set-up, not the
+            # function's: Lambda's sandbox is ready before Init), then runs the command there.
+            opened = 'exec 9>"$4" && '
+            joined = "echo $$ >&9 && exec 9>&- && "
+            arguments.append(str(self.cpu.procs))
         # Read-only, as Lambda's /opt is: nothing (bytecode included) can be written into the layer.
         script = (
-            'mount --bind "$1" /opt && mount -o remount,bind,ro /opt && mount --bind "$2" /etc/hosts && '
-            f'{self._mask_script()}{binds}mount --rbind "$3" /tmp && shift 3 && exec {self._as_user()}"$@"'
+            f'{opened}mount --bind "$1" /opt && mount -o remount,bind,ro /opt && mount --bind "$2" /etc/hosts && '
+            f'{self._mask_script()}{binds}mount --rbind "$3" /tmp && {joined}shift {len(arguments)} && '
+            f'exec {self._as_user()}"$@"'
         )
         prefix = [] if os.geteuid() == 0 else ["--map-root-user"]
         return [
@@ -193,9 +228,7 @@ class Sandbox:
             "-c",
             script,
             "sandbox",
-            opt,
-            str(self.hosts_file),
-            str(self.tmp),
+            *arguments,
             *command,
         ]
 
@@ -263,7 +296,12 @@ class Sandbox:
         )
 
     def close(self) -> None:
+        """Remove the environment's directory and its CPU cgroup (killing what is still in it:
+        called once the environment's processes are gone)."""
         shutil.rmtree(self._work, ignore_errors=True)
+        cpu, self.cpu = self.cpu, None
+        if cpu is not None:
+            cpu.close()
 
 
 def _outermost(paths: Sequence[Path]) -> list[Path]:

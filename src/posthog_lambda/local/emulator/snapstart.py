@@ -414,15 +414,17 @@ class SnapStartEnvironment(LambdaEnvironment):
                 if not path.exists():
                     os.link(kept, path)
 
-    def close(self) -> None:
+    def _close_sandbox(self) -> None:
+        # The snapshot's stopped processes go first: they are the sandbox's too (in its CPU
+        # cgroup, with cpu_share), and the snapshot's tracer must be the one to reap them.
         try:
-            super().close()
-        finally:
             if self._snapshot is not None:
                 self._snapshot.close()
                 self._snapshot = None
                 for popen in self._image_popens:
                     popen.returncode = -signal.SIGKILL  # killed and reaped by the snapshot
+        finally:
+            super()._close_sandbox()
 
 
 def _special_files(directory: str, names: list[str]) -> list[str]:
