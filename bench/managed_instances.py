@@ -235,7 +235,7 @@ def main() -> None:
             f"Lambda Managed Instances, {r['in_flight']} invocations in flight: the decorator adds "
             f"{median(traced) - median(base):.2f} ms to the median response ({median(base):.2f} ms untraced); "
             f"spans reach PostHog {median(r['delays']) / 1000:.1f} s after they end (p99 "
-            f"{p99(r['delays']) / 1000:.1f} s); the extension takes {per_thousand:.0f} ms of CPU per 1,000 events."
+            f"{p99(r['delays']) / 1000:.1f} s); the extension takes {per_thousand:.0f} ms of CPU per 1,000 events"
         )
         assert r["duplicates"] == 0, f"{r['duplicates']} duplicate events"
     lines += [

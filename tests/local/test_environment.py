@@ -4,6 +4,8 @@ tests (fixtures/sample_extension.py) and handlers run by the real awslambdaric."
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -326,3 +328,14 @@ def test_function_without_layer_runs_through_awslambdaric(tmp_path: Path) -> Non
     assert [r.payload["sum"] for r in results] == [3, 4, 5, 6, 7]
     assert all(r.status == "success" for r in results)
     assert all(r.response_latency_ms is not None for r in results)
+
+
+def test_python3_on_path_is_the_runtimes_interpreter_as_var_lang_bin_is_on_lambda(tmp_path: Path) -> None:
+    # The layer's launcher runs the first python3 on PATH where /var/lang/bin/python3 is missing;
+    # this machine's PATH may start with a wrapper (pyenv's shim: a shell script, 70 ms of CPU).
+    with LambdaEnvironment(tmp_path, "app.handler") as lambda_env:
+        path = lambda_env.function_environment()["PATH"]
+    found = shutil.which("python3", path=path)
+    assert found is not None
+    assert Path(found).parent == Path(sys.executable).parent
+    assert os.path.realpath(found) == os.path.realpath(sys.executable)
