@@ -43,7 +43,7 @@ def shape(steps: list[float]) -> str:
         for i, (before, after) in enumerate(itertools.pairwise(steps))
         if i >= 1 and (after > before * LINEAR or after < before / LINEAR)
     ]
-    return "linear from 10 spans up" if not bends else "bends at " + ", ".join(bends)
+    return "is linear from 10 spans up" if not bends else "bends at " + ", ".join(bends)
 
 
 def main() -> None:
@@ -103,7 +103,7 @@ def main() -> None:
             f"with 1,000 spans per invocation posthog-lambda adds {ours:.1f} ms to the response "
             f"({ours * 1000 / LEVELS[-1]:.1f} µs per span; posthog-python + flush() {theirs:.0f} ms, "
             f"Langfuse + flush() {added['langfuse'][1000]:.0f} ms) and {post[-1]:.0f} ms of billed time after it; "
-            f"its response cost per span is {shape(marginal_us(added['end']))}"
+            f"its response cost per span {shape(marginal_us(added['end']))}"
         ]
         publish("scaling", text, (), summary)
 
