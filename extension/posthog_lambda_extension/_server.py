@@ -77,7 +77,8 @@ class FrameServer:
         """The reader is taking in data it received (between recv and the end of its frames)."""
         self._connections: dict[socket.socket, Stream] = {}
         self._closed = False
-        self._accepted_any = False
+        self._accepted = 0
+        """Connections taken from the backlog so far (a settle that saw it change looks again)."""
         self._thread: threading.Thread | None = None
         self._selector: selectors.BaseSelector | None = None
         self._waker: tuple[socket.socket, socket.socket] | None = None
@@ -128,14 +129,16 @@ class FrameServer:
             with self._idle:
                 self._idle.wait_for(lambda: not self._busy, max(0.0, deadline - time.monotonic()))
                 connections = list(self._connections) if not self._busy else None
+                accepted = self._accepted
             if connections is not None:
                 listener = self._listener
                 # A connection still waiting to be accepted may have written already.
                 readable = _readable(connections if listener is None else [*connections, listener])
                 # The reader marks itself busy before it takes data out of a socket: nothing
                 # unread and still not busy means all written before was taken in.
+                # One accepted meanwhile is in neither the list nor the listener's backlog.
                 with self._lock:
-                    if not readable and not self._busy:
+                    if not readable and not self._busy and self._accepted == accepted:
                         return True
             if time.monotonic() >= deadline:
                 return False
@@ -145,7 +148,7 @@ class FrameServer:
         """Whether a function process has connected (or is waiting to be accepted): a traced
         handler's connects while it is decorated, during Init."""
         with self._lock:  # the reader accepts and notes it under the lock: never neither seen
-            if self._accepted_any:
+            if self._accepted:
                 return True
             listener = self._listener
             return listener is not None and bool(_readable([listener]))
@@ -196,7 +199,7 @@ class FrameServer:
                 # ever_connected never find a connection in neither.
                 with self._lock:
                     connection, _ = listener.accept()
-                    self._accepted_any = True
+                    self._accepted += 1
                     crowded = len(self._connections) >= self.max_connections
                     if not crowded:
                         self._connections[connection] = Stream()

@@ -18,6 +18,7 @@ from posthog_lambda_contract import frames as _frames
 from posthog_lambda_contract.events import MAX_EVENT_BYTES
 from posthog_lambda_contract.limits import BATCH_EVENT_LIMIT
 from posthog_lambda_contract.records import HAS_OUTPUT
+from posthog_lambda_extension import _server
 from posthog_lambda_extension._buffer import Buffer
 from posthog_lambda_extension._drops import Drops
 from posthog_lambda_extension._intake import Intake
@@ -380,6 +381,50 @@ def test_settle_waits_until_what_an_open_connection_wrote_is_taken_in(harness: H
         assert harness.server.settle(TIMEOUT)
         assert sorted(harness.uuids()) == sorted(e["uuid"] for e in items)
         assert harness.server.settle(0)  # nothing more: returns at once
+
+
+def test_settle_sees_a_connection_accepted_while_it_looks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # settle lists the connections, then asks which sockets are readable: a connection the reader
+    # accepts in between is in neither, though what it wrote is still unread.
+    looking, accepted, read = threading.Event(), threading.Event(), threading.Event()
+    accept, read_frames, readable = FrameServer._accept, FrameServer._read, _server._readable
+    first = [True]
+
+    def accept_while_looking(self: FrameServer, *args: object) -> int:
+        assert looking.wait(TIMEOUT)
+        result = accept(self, *args)  # type: ignore[arg-type]
+        accepted.set()
+        return result
+
+    def read_later(self: FrameServer, *args: object) -> None:
+        assert read.wait(TIMEOUT)
+        read_frames(self, *args)  # type: ignore[arg-type]
+
+    def readable_after_the_accept(sockets: list[socket.socket]) -> list[socket.socket]:
+        if first[0]:
+            first[0] = False
+            looking.set()
+            assert accepted.wait(TIMEOUT)
+        return readable(sockets)
+
+    monkeypatch.setattr(FrameServer, "_accept", accept_while_looking)
+    monkeypatch.setattr(FrameServer, "_read", read_later)
+    monkeypatch.setattr(_server, "_readable", readable_after_the_accept)
+    h = Harness(tmp_path)
+    assert h.server.start()
+    try:
+        event = make_event()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(h.path)
+            client.sendall(events_frame(event))
+            assert not h.server.settle(0.3)  # accepted, not read: not settled
+            read.set()
+            assert h.server.settle(TIMEOUT)
+            assert h.uuids() == [event["uuid"]]
+    finally:
+        looking.set()
+        read.set()
+        h.server.close()
 
 
 def test_settle_waits_for_a_connection_not_yet_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
