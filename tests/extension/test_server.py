@@ -9,7 +9,7 @@ import random
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -410,21 +410,11 @@ def test_settle_sees_a_connection_accepted_while_it_looks(tmp_path: Path, monkey
     monkeypatch.setattr(FrameServer, "_accept", accept_while_looking)
     monkeypatch.setattr(FrameServer, "_read", read_later)
     monkeypatch.setattr(_server, "_readable", readable_after_the_accept)
-    h = Harness(tmp_path)
-    assert h.server.start()
     try:
-        event = make_event()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-            client.connect(h.path)
-            client.sendall(events_frame(event))
-            assert not h.server.settle(0.3)  # accepted, not read: not settled
-            read.set()
-            assert h.server.settle(TIMEOUT)
-            assert h.uuids() == [event["uuid"]]
+        # Accepted, not read: not settled. (ever_connected would look first: not asked.)
+        settles_once_released(tmp_path, read.set, unsettled_for=0.3, connected=False)
     finally:
         looking.set()
-        read.set()
-        h.server.close()
 
 
 def test_settle_waits_for_a_connection_not_yet_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -437,6 +427,13 @@ def test_settle_waits_for_a_connection_not_yet_accepted(tmp_path: Path, monkeypa
         return accept(self, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(FrameServer, "_accept", held_back)
+    settles_once_released(tmp_path, held.set, unsettled_for=0.05, connected=True)  # not taken in yet
+
+
+def settles_once_released(tmp_path: Path, release: Callable[[], None], unsettled_for: float, connected: bool) -> None:
+    """A function's process connects and writes an event: the server is seen connected (when
+    ``connected``) and not settled for ``unsettled_for`` s; once ``release`` is called, settled
+    with the event taken in once."""
     h = Harness(tmp_path)
     assert h.server.start()
     try:
@@ -444,11 +441,12 @@ def test_settle_waits_for_a_connection_not_yet_accepted(tmp_path: Path, monkeypa
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
             client.connect(h.path)
             client.sendall(events_frame(event))
-            assert h.server.ever_connected()
-            assert not h.server.settle(0.05)  # its frames are not taken in yet
-            held.set()
+            if connected:
+                assert h.server.ever_connected()
+            assert not h.server.settle(unsettled_for)
+            release()
             assert h.server.settle(TIMEOUT)
             assert h.uuids() == [event["uuid"]]
     finally:
-        held.set()
+        release()
         h.server.close()
