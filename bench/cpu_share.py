@@ -41,7 +41,7 @@ TRACED_SOURCE = POSTHOG_LAMBDA_REALISTIC
 UNTRACED_SOURCE = UNTRACED_REALISTIC
 """The same work undecorated."""
 SPANS, GENERATIONS = 10, 2
-EVENT = {"q": "what is the capital of france", "spans": SPANS, "generations": GENERATIONS}
+EVENT = {"spans": SPANS, "generations": GENERATIONS}
 MEMORY_MB = (128, 1769)
 INVOCATIONS = 100
 COLD = 6

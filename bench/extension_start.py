@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import SRC, arguments, build_layer, capture_server, median, p99, positive, run_description
+from _common import SRC, arguments, build_layer, capture_server, median, p99, positive, process_cpu_s, run_description
 from _extension import DEADLINE_S, NAME, Extension, Traffic, extension_env, extensions_api, record_traffic, replay
 from _publish import Target, publish, verdict
 
@@ -84,13 +84,6 @@ def bare_ms() -> float:
 
 
 # -- CPU time -----------------------------------------------------------------------------------
-
-
-def process_cpu_s(pid: int) -> float:
-    """User+sys seconds of every thread of process ``pid``, live or gone, to the ns: its CPU
-    clock, the clock id Linux makes of a pid (``(~pid << 3) | CPUCLOCK_SCHED``, the scheduler's
-    own count, not /proc's clock ticks)."""
-    return time.clock_gettime((~pid << 3) | 2)
 
 
 def rusage_cpu_ms(pid: int) -> float:

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from _common import SRC, arguments, build_layer, capture_server, median, p99, positive, run_description
+from _common import SRC, arguments, build_layer, capture_server, median, p99, positive, process_cpu_s, run_description
 from _extension import DEADLINE_S, Extension, Traffic, extension_env, extensions_api, record, record_traffic, replay
 from _handlers import POSTHOG_LAMBDA_REALISTIC
 from _publish import Target, publish, verdict
@@ -200,12 +200,6 @@ def record_invocations(invocations: int) -> list[Traffic]:
     if len(chunks) != len(request_ids) or start != len(data):
         raise SystemExit(f"{len(chunks)} END frames in the recorded stream for {len(request_ids)} invocations")
     return [Traffic(chunk, request_id) for chunk, request_id in zip(chunks, request_ids, strict=True)]
-
-
-def process_cpu_s(pid: int) -> float:
-    """User+sys seconds of every thread of process ``pid``, to the ns: its CPU clock (the clock id
-    Linux makes of a pid, ``(~pid << 3) | CPUCLOCK_SCHED``)."""
-    return time.clock_gettime((~pid << 3) | 2)
 
 
 def thread_cpu_s(pid: int, tid: int) -> float:

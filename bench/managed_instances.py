@@ -20,7 +20,6 @@ alone).
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import threading
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import SRC, arguments, build_layer, median, p99, positive, run_description
+from _common import SRC, arguments, build_layer, median, p99, positive, process_cpu_s, run_description
 from _publish import publish
 
 ROUNDS = 8
@@ -88,12 +87,6 @@ def handler(event, context):
 """
 )
 EVENTS_PER_INVOCATION = 5
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU time of a process so far, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_round(env: Any, first: int, count: int, in_flight: int) -> list[float]:
@@ -161,7 +154,7 @@ def measure(layer: Path, root: Path, concurrency: int, in_flight: int, rounds: i
             posthog.wait_for_events(in_flight * EVENTS_PER_INVOCATION, timeout=30)
             posthog.clear()
             extension = {key: env.pids()["posthog-lambda"] for key, env in environments.items()}
-            cpu_before = {key: cpu_s(pid) for key, pid in extension.items()}
+            cpu_before = {key: process_cpu_s(pid) for key, pid in extension.items()}
             latency: dict[str, list[float]] = {"untraced": [], "traced": []}
             round_added: list[float] = []
             started = time.monotonic()
@@ -175,7 +168,7 @@ def measure(layer: Path, root: Path, concurrency: int, in_flight: int, rounds: i
             expected = rounds * per_round * EVENTS_PER_INVOCATION
             received = posthog.wait_for_events(expected, timeout=60)
             elapsed = time.monotonic() - started
-            cpu = {key: cpu_s(pid) - cpu_before[key] for key, pid in extension.items()}
+            cpu = {key: process_cpu_s(pid) - cpu_before[key] for key, pid in extension.items()}
             delays = [(r.received_at.timestamp() - iso_seconds(r.event["timestamp"])) * 1000 for r in received]
             duplicates = posthog.duplicates
         finally:

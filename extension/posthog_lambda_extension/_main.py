@@ -11,6 +11,7 @@ each import added before ``register`` delays every cold start of the function.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 
@@ -49,10 +50,8 @@ def main(argv: Sequence[str] = ()) -> int:
     # Background work by nature: when the function and the extension both want the CPU (a
     # sandbox at low memory has a fraction of one), the function goes first. Only lowering, so
     # always allowed.
-    try:  # noqa: SIM105 (contextlib would load collections and functools before registering)
+    with contextlib.suppress(OSError):
         os.nice(NICENESS)
-    except OSError:
-        pass
     try:
         from ._loop import Extension
 
@@ -61,10 +60,8 @@ def main(argv: Sequence[str] = ()) -> int:
         _log.warn(f"cannot start ({exc!r}); events from the function are not sent")
         if listener is not None:
             listener.close()
-            try:  # noqa: SIM105
+            with contextlib.suppress(OSError):
                 os.unlink(settings.socket_path)  # so that the library does not wait on it
-            except OSError:
-                pass
         _collect_again()
         while next_event(api, identifier).get("eventType") != "SHUTDOWN":
             pass

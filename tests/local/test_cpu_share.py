@@ -18,7 +18,6 @@ from posthog_lambda.local.emulator import cpu
 from tests.helpers import built_layer
 from tests.local import posthog_lambda_command
 
-ROOT = Path(__file__).resolve().parents[2]
 HANDLERS = """
 import os, subprocess, time
 
