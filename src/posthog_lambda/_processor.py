@@ -37,8 +37,9 @@ if TYPE_CHECKING:
     from ._trace import Trace
     from ._types import Event
 
-    Waiting: TypeAlias = Span | Event
-    """A finished span, or an event already built."""
+    Waiting: TypeAlias = Span | Event | Record
+    """A finished span, an event already built, or a record made elsewhere (an OpenTelemetry
+    span's, ``posthog_lambda.otel``)."""
 
 _perf = time.perf_counter
 
@@ -108,13 +109,14 @@ class Batch:
                 return
         self.settle(span)
 
-    def add(self, event: Event) -> None:
-        """An event of this trace that is not a span: it leaves with the trace's spans."""
+    def add(self, item: Event | Record) -> None:
+        """An event of this trace that is not one of its spans, or a finished record of one that
+        joined it (an OpenTelemetry span): it leaves with the trace's spans."""
         if not self.closed:
-            self.items.append(event)
+            self.items.append(item)
             if not self.closed:
                 return
-        self.settle(event)
+        self.settle(item)
 
     def settle(self, item: Waiting) -> None:
         """``item`` was added while or after the batch closed: make sure it is sent once."""
@@ -199,7 +201,10 @@ class Batch:
         try:
             from ._destination import exporter
 
-            items: list[Any] = [item if type(item) is dict else item._record() for item in waiting]  # type: ignore[union-attr]
+            items: list[Any] = [
+                item if type(item) is dict or type(item) is tuple else item._record()  # type: ignore[union-attr]
+                for item in waiting
+            ]
             exporter().export(self.trace.header(), items, ended, running)
         except Exception as exc:
             record_drop("sink_error", len(waiting), f"{type(exc).__name__}: {exc}")
@@ -222,6 +227,17 @@ def export_events(events: list[Event]) -> None:
             exporter().export(None, events)
     except Exception as exc:
         record_drop("sink_error", len(events), f"{type(exc).__name__}: {exc}")
+
+
+def export_records(header: dict[str, Any], records: list[Record]) -> None:
+    """Records of a trace that runs elsewhere (an OpenTelemetry span of no handler's trace),
+    made with ``header``, sent at once. Never raises."""
+    try:
+        from ._destination import exporter
+
+        exporter().export(header, records)
+    except Exception as exc:
+        record_drop("sink_error", len(records), f"{type(exc).__name__}: {exc}")
 
 
 # -- the ticker: hand-offs while a handler is blocked -------------------------------------------

@@ -61,6 +61,24 @@ REDACT = "r"
 marshalled inputs and outputs, which are redacted as they are expanded (``records``)."""
 
 
+_redact_sets: dict[tuple[str, ...], frozenset[str]] = {}
+
+
+def redact_set(header: dict[str, Any]) -> frozenset[str]:
+    """The header's REDACT keys as a set, made once per distinct list (a tuple when marshalled,
+    a list when it came as JSON)."""
+    keys = header.get(REDACT)
+    if not keys:
+        return frozenset()
+    keys = keys if type(keys) is tuple else tuple(keys)
+    found = _redact_sets.get(keys)
+    if found is None:
+        found = frozenset(str(k) for k in keys)
+        if len(_redact_sets) < 64:
+            _redact_sets[keys] = found
+    return found
+
+
 def header_of(event: dict[str, Any]) -> dict[str, Any]:
     """The identity part of an event's header, read back from an event this module made: what
     a later event about the same trace (a Lambda figure) needs to share its user, person

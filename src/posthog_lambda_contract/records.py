@@ -14,7 +14,7 @@ receives can never be changed by the span or the user afterwards.
 from __future__ import annotations
 
 from . import ids
-from .events import REDACT, TRACE_ID, make_event
+from .events import TRACE_ID, make_event, redact_set
 from .jsonable import unmarshalled
 
 TYPE_CHECKING = False
@@ -51,36 +51,22 @@ def _messages(value: Any, role: str) -> Any:
     return value
 
 
-_redact_sets: dict[tuple[str, ...], frozenset[str]] = {}
-
-
 def _value(header: dict[str, Any], slot: Any, marshalled: int) -> Any:
     if not marshalled:
         return slot
     if not isinstance(slot, bytes):
         raise TypeError(f"a marshalled value that is not bytes: {type(slot).__name__}")
-    return unmarshalled(slot, _redact(header))
-
-
-def _redact(header: dict[str, Any]) -> frozenset[str]:
-    """The header's REDACT keys as a set, made once per distinct list (a tuple when marshalled,
-    a list when it came as JSON)."""
-    keys = header.get(REDACT)
-    if not keys:
-        return frozenset()
-    keys = keys if type(keys) is tuple else tuple(keys)
-    found = _redact_sets.get(keys)
-    if found is None:
-        found = frozenset(str(k) for k in keys)
-        if len(_redact_sets) < 64:
-            _redact_sets[keys] = found
-    return found
+    return unmarshalled(slot, redact_set(header))
 
 
 def expand(header: dict[str, Any], record: Sequence[Any]) -> Event:
     """The event ``record`` stands for. Precedence, lowest first: the trace's shared properties,
     the span's custom properties, what the library sets (a user's property never overwrites a
     ``$ai_*`` field). Raises KeyError, IndexError, TypeError or ValueError for a malformed one."""
+    if record[KIND] == "otel":  # genai.SPAN: an OpenTelemetry span's record, loaded when one comes
+        from . import genai
+
+        return genai.expand(header, record)
     kind, name, parent, end_us, latency_ns, span_id, error, user, fields, mask = record[:10]
     if not isinstance(kind, str) or not isinstance(end_us, int) or not isinstance(latency_ns, int):
         raise TypeError(f"not a span record: {record!r:.80}")

@@ -1,0 +1,174 @@
+"""End to end: OpenTelemetry GenAI spans from the real instrumentations (the OpenTelemetry
+project's ``openai-v2`` and OpenLLMetry's ``openai``), driving the real ``openai`` SDK against
+the fake provider, in a function running in the local Lambda environment with the built layer;
+the spans reach the local PostHog through the extension as ``$ai_*`` events."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from posthog_lambda.local.emulator.sandbox import link_distributions
+from posthog_lambda.testing import trace_tree_problems
+from tests.e2e.conftest import Deployment
+from tests.integrations.conftest import FIRST_TOKEN_DELAY_S, bundle_sdks, sdk_environment, with_dependencies
+from tests.integrations.fake_llm import DEFAULT_REPLY, FakeLLM, count_tokens
+from tests.integrations.test_lambda import named, received
+
+OTEL_SDKS = (
+    "opentelemetry-sdk",
+    "opentelemetry-instrumentation-openai-v2",
+    "opentelemetry-instrumentation-openai",
+    "opentelemetry-exporter-otlp-proto-http",
+)
+
+INSTRUMENTATIONS = {
+    # The OpenTelemetry project's own, with the latest conventions and content on the span.
+    "openai-v2": {
+        "OTEL_SEMCONV_STABILITY_OPT_IN": "gen_ai_latest_experimental",
+        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "span_only",
+    },
+    # Traceloop's OpenLLMetry, as installed (it records content by default).
+    "openllmetry": {},
+}
+
+APP = textwrap.dedent(
+    """
+    import os
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from posthog_lambda import posthog_traced, span
+    from posthog_lambda.otel import PostHogLambdaSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(PostHogLambdaSpanProcessor())
+    trace.set_tracer_provider(provider)
+    if os.environ["INSTRUMENTATION"] == "openai-v2":
+        from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+    else:
+        from opentelemetry.instrumentation.openai import OpenAIInstrumentor
+    OpenAIInstrumentor().instrument()
+
+    import openai
+
+    client = openai.OpenAI()
+
+    def ask(question):
+        with span("draft"):
+            stream = client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": question}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            draft = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+        with trace.get_tracer("app").start_as_current_span("not genai"):
+            final = client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[
+                    {"role": "system", "content": "Answer in one short sentence."},
+                    {"role": "user", "content": question},
+                ],
+                temperature=0.2,
+            )
+        client.embeddings.create(model="text-embedding-3-small", input=question)
+        return {"answer": final.choices[0].message.content, "draft": draft}
+
+    @posthog_traced(name="ask", distinct_id="user-1")
+    def traced(event, context):
+        return ask(event["question"])
+
+    @posthog_traced(name="ask", distinct_id="user-1", privacy_mode=True)
+    def private(event, context):
+        return ask(event["question"])
+
+    def handler(event, context):
+        return (private if event.get("private") else traced)(event, context)
+    """
+)
+
+
+@pytest.fixture
+def otel_deployment(ai_deployment: Deployment) -> Deployment:
+    names = [n for n in with_dependencies(OTEL_SDKS) if not (ai_deployment.function / n).exists()]
+    link_distributions(ai_deployment.function, names)
+    bundle_sdks(ai_deployment.function)
+    ai_deployment.code(APP)
+    return ai_deployment
+
+
+def run(deployment: Deployment, llm: FakeLLM, instrumentation: str, **event: Any) -> list[dict[str, Any]]:
+    environment = {**sdk_environment(llm), **INSTRUMENTATIONS[instrumentation], "INSTRUMENTATION": instrumentation}
+    with deployment.environment(timeout_s=10, **environment) as env:
+        result = env.invoke({"question": "What is a Lambda layer?", **event})
+    assert result.status == "success", result.error
+    assert result.payload == {"answer": DEFAULT_REPLY, "draft": DEFAULT_REPLY}
+    return received(deployment, 5)
+
+
+@pytest.mark.parametrize("instrumentation", sorted(INSTRUMENTATIONS))
+def test_genai_spans_join_the_handlers_trace_once_each(
+    otel_deployment: Deployment, llm: FakeLLM, instrumentation: str
+) -> None:
+    events = run(otel_deployment, llm, instrumentation)
+    assert Counter(e["event"] for e in events) == {
+        "$ai_trace": 1,
+        "$ai_span": 1,
+        "$ai_generation": 2,
+        "$ai_embedding": 1,
+    }
+    assert len({e["uuid"] for e in events}) == 5
+    assert trace_tree_problems(events) == []
+    (trace,) = named(events, "$ai_trace", "ask")
+    (draft,) = named(events, "$ai_span", "draft")
+    trace_id = trace["$ai_trace_id"]
+    assert {e["properties"]["$ai_trace_id"] for e in events} == {trace_id}
+    assert {e["distinct_id"] for e in events} == {"user-1"}
+    streamed, final = sorted(named(events, "$ai_generation"), key=lambda p: "$ai_temperature" in p)
+    (embedding,) = named(events, "$ai_embedding")
+    # Nested where they ran: the stream in the draft span; the other call's non-GenAI parent is
+    # left out, so it sits at the top, as the embedding does.
+    assert streamed["$ai_parent_id"] == draft["$ai_span_id"]
+    assert final["$ai_parent_id"] == embedding["$ai_parent_id"] == trace_id
+    question = "What is a Lambda layer?"
+    for props in (streamed, final):
+        assert (props["$ai_provider"], props["$ai_model"]) == ("openai", "gpt-4o-mini")
+        assert props["$ai_output_tokens"] == count_tokens(DEFAULT_REPLY)
+        assert props["$ai_output_choices"] == [{"role": "assistant", "content": DEFAULT_REPLY}]
+        assert 0 < props["$ai_latency"] < trace["$ai_latency"]
+        assert props["$ai_is_error"] is False
+    assert streamed["$ai_input"] == [{"role": "user", "content": question}]
+    assert streamed["$ai_input_tokens"] == count_tokens(question)
+    assert streamed["$ai_latency"] >= FIRST_TOKEN_DELAY_S
+    assert final["$ai_input"] == [
+        {"role": "system", "content": "Answer in one short sentence."},
+        {"role": "user", "content": question},
+    ]
+    assert final["$ai_input_tokens"] == count_tokens("Answer in one short sentence.") + count_tokens(question)
+    assert final["$ai_temperature"] == 0.2
+    assert final["$ai_stop_reason"] == "stop"
+    assert (embedding["$ai_model"], embedding["$ai_input_tokens"]) == ("text-embedding-3-small", count_tokens(question))
+    if instrumentation == "openllmetry":
+        # It records a span event per streamed chunk: the first one times the first token.
+        assert streamed["$ai_stream"] is True
+        assert 0 < streamed["$ai_time_to_first_token"] < streamed["$ai_latency"]
+        assert embedding["$ai_input"] == question
+
+
+@pytest.mark.parametrize("instrumentation", sorted(INSTRUMENTATIONS))
+def test_privacy_mode_drops_the_messages(otel_deployment: Deployment, llm: FakeLLM, instrumentation: str) -> None:
+    events = run(otel_deployment, llm, instrumentation, question="my private question", private=True)
+    text = json.dumps(events)
+    assert "my private question" not in text
+    assert DEFAULT_REPLY not in text
+    generations = named(events, "$ai_generation")
+    assert len(generations) == 2
+    for props in generations:
+        assert "$ai_input" not in props
+        assert "$ai_output_choices" not in props
+        assert props["$ai_output_tokens"] == count_tokens(DEFAULT_REPLY)

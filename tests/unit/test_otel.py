@@ -1,0 +1,174 @@
+"""``posthog_lambda.otel``'s span processor in the function's process: which OpenTelemetry spans
+leave, which trace they join and under which span, with the real ``opentelemetry-sdk``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Status, StatusCode, Tracer
+
+from posthog_lambda import configure, posthog_traced, span
+from posthog_lambda.otel import PostHogLambdaSpanProcessor
+from posthog_lambda.testing import trace_tree_problems
+from tests.helpers import LambdaContext
+
+CHAT = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 3}
+AGENT = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "planner"}
+
+
+@pytest.fixture
+def tracer() -> Iterator[Tracer]:
+    provider = TracerProvider()
+    provider.add_span_processor(PostHogLambdaSpanProcessor())
+    yield provider.get_tracer("test")
+    provider.shutdown()
+
+
+def by_name(events: list[Any]) -> dict[str, dict[str, Any]]:
+    return {e["properties"]["$ai_span_name"]: e for e in events}
+
+
+def test_genai_spans_join_the_handler_under_the_current_span(
+    tracer: Tracer, events: list[Any], context: LambdaContext
+) -> None:
+    @posthog_traced(name="handler", distinct_id="user-1")
+    def handler(event: Any, context: Any) -> str:
+        with span("retrieve"):
+            with tracer.start_as_current_span("chat gpt-4o", attributes=CHAT):
+                pass
+            with tracer.start_as_current_span("GET /items", attributes={"http.request.method": "GET"}):
+                pass
+        return "ok"
+
+    assert handler({}, context) == "ok"
+    assert trace_tree_problems(events) == []
+    found = by_name(events)
+    assert set(found) == {"handler", "retrieve", "chat gpt-4o"}  # the HTTP span is left out
+    chat = found["chat gpt-4o"]
+    assert chat["event"] == "$ai_generation"
+    assert chat["distinct_id"] == "user-1"
+    assert chat["properties"]["$ai_parent_id"] == found["retrieve"]["properties"]["$ai_span_id"]
+    assert chat["properties"]["$ai_trace_id"] == found["handler"]["properties"]["$ai_trace_id"]
+
+
+def test_nesting_skips_spans_that_are_left_out_and_yields_to_a_span_entered_since(
+    tracer: Tracer, events: list[Any], context: LambdaContext
+) -> None:
+    @posthog_traced(name="handler")
+    def handler(event: Any, context: Any) -> None:
+        with tracer.start_as_current_span("planner", attributes=AGENT):
+            with tracer.start_as_current_span("plain"), tracer.start_as_current_span("first", attributes=CHAT):
+                pass
+            with span("step"), tracer.start_as_current_span("second", attributes=CHAT):
+                pass
+
+    handler({}, context)
+    assert trace_tree_problems(events) == []
+    found = {name: e["properties"] for name, e in by_name(events).items()}
+    assert set(found) == {"handler", "planner", "first", "step", "second"}
+    assert found["planner"]["$ai_parent_id"] == found["handler"]["$ai_trace_id"]
+    assert found["first"]["$ai_parent_id"] == found["planner"]["$ai_span_id"]  # past "plain"
+    assert found["second"]["$ai_parent_id"] == found["step"]["$ai_span_id"]  # the nearer one
+    assert by_name(events)["planner"]["event"] == "$ai_span"
+
+
+def test_outside_a_handler_each_opentelemetry_trace_is_its_own(tracer: Tracer, events: list[Any]) -> None:
+    with (
+        tracer.start_as_current_span("planner", attributes=AGENT) as agent,
+        tracer.start_as_current_span("chat", attributes=CHAT),
+    ):
+        pass
+    assert trace_tree_problems(events) == []
+    found = {name: e["properties"] for name, e in by_name(events).items()}
+    trace_id = format(agent.get_span_context().trace_id, "032x")
+    assert {p["$ai_trace_id"] for p in found.values()} == {trace_id}
+    assert found["planner"]["$ai_parent_id"] == trace_id
+    assert found["planner"]["$ai_span_id"] == format(agent.get_span_context().span_id, "016x")
+    assert found["chat"]["$ai_parent_id"] == found["planner"]["$ai_span_id"]
+    assert {e["distinct_id"] for e in events} == {trace_id}
+    assert all(p["$process_person_profile"] is False for p in found.values())
+
+
+def test_all_spans_sends_the_others_as_spans(events: list[Any]) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(PostHogLambdaSpanProcessor(all_spans=True))
+    with provider.get_tracer("test").start_as_current_span("GET /items", attributes={"http.route": "/items"}):
+        pass
+    (event,) = events
+    assert event["event"] == "$ai_span"
+    assert event["properties"]["http.route"] == "/items"
+
+
+def test_capture_input_off_sends_no_messages(tracer: Tracer, events: list[Any]) -> None:
+    configure(capture_input=False)
+    messages = '[{"role": "user", "content": "hi"}]'
+    attributes = {**CHAT, "gen_ai.input.messages": messages, "gen_ai.output.messages": messages}
+    with tracer.start_as_current_span("chat", attributes=attributes):
+        pass
+    (event,) = events
+    assert "$ai_input" not in event["properties"]
+    assert event["properties"]["$ai_output_choices"] == [{"role": "user", "content": "hi"}]
+
+
+def test_an_error_is_recorded(tracer: Tracer, events: list[Any]) -> None:
+    with pytest.raises(RuntimeError), tracer.start_as_current_span("chat", attributes=CHAT):
+        raise RuntimeError("provider down")
+    (event,) = events
+    assert event["properties"]["$ai_is_error"] is True
+    assert "provider down" in event["properties"]["$ai_error"]
+    with tracer.start_as_current_span("chat", attributes=CHAT) as described:
+        described.set_status(Status(StatusCode.ERROR, "rate limited"))
+    assert events[1]["properties"]["$ai_error"] == "rate limited"
+
+
+def test_a_span_that_outlives_its_handler_is_still_sent_once(
+    tracer: Tracer, events: list[Any], context: LambdaContext
+) -> None:
+    held: list[Any] = []
+
+    @posthog_traced(name="handler")
+    def handler(event: Any, context: Any) -> None:
+        held.append(tracer.start_span("late chat", attributes=CHAT))
+
+    handler({}, context)
+    assert [e["event"] for e in events] == ["$ai_trace"]
+    held[0].end()
+    assert [e["event"] for e in events] == ["$ai_trace", "$ai_generation"]
+    assert events[1]["properties"]["$ai_trace_id"] == events[0]["properties"]["$ai_trace_id"]
+
+
+def test_past_max_open_the_oldest_is_forgotten_and_its_child_nests_under_the_trace(events: list[Any]) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(PostHogLambdaSpanProcessor(max_open=1))
+    tracer = provider.get_tracer("test")
+    with (
+        tracer.start_as_current_span("planner", attributes=AGENT) as agent,
+        tracer.start_as_current_span("chat", attributes=CHAT),
+    ):
+        pass
+    found = {name: e["properties"] for name, e in by_name(events).items()}
+    assert found["chat"]["$ai_parent_id"] == format(agent.get_span_context().trace_id, "032x")
+
+
+def test_it_never_raises_into_the_app(tracer: Tracer, library_logs: pytest.LogCaptureFixture) -> None:
+    processor = PostHogLambdaSpanProcessor()
+    processor.on_start(object())  # type: ignore[arg-type]
+    processor.on_end(object())  # type: ignore[arg-type]
+    assert "posthog_lambda.otel" in library_logs.text
+    assert processor.force_flush() is True
+
+
+def test_it_composes_with_the_apps_other_processors(events: list[Any]) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(PostHogLambdaSpanProcessor())
+    with provider.get_tracer("test").start_as_current_span("chat", attributes=CHAT):
+        pass
+    assert [s.name for s in exporter.get_finished_spans()] == ["chat"]
+    assert [e["event"] for e in events] == ["$ai_generation"]
