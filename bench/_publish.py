@@ -25,6 +25,7 @@ ORDER = (
     "extension_throughput",
     "managed_instances",
     "cpu_share",
+    "otel_spans",
     "layer_size",
     "emulator",
     "make_bench",

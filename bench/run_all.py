@@ -30,6 +30,7 @@ SCRIPTS: list[tuple[str, list[str]]] = [
     ("extension_throughput.py", ["--rounds", "2"]),
     ("managed_instances.py", ["--rounds", "2"]),
     ("cpu_share.py", ["--invocations", "20", "--cold", "2"]),
+    ("otel_spans.py", ["--rounds", "3", "--invocations", "10"]),
 ]
 """Each script, and its ``--quick`` arguments."""
 BUDGET_S = 600.0

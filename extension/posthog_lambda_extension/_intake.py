@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     from ._server import Stream
 
 
+OTEL_SPAN = "otel"
+"""``genai.SPAN``, without loading ``genai`` until an OpenTelemetry span comes: the kind of
+record that is not a handler's span."""
+
+
 def trace_max_event_bytes(header: dict[str, Any]) -> int:
     """The ``max_event_bytes`` a trace's header gives its events (the default when it gives none
     that can be used)."""
@@ -69,6 +74,9 @@ class Intake:
         (``schema.LAMBDA_RESTORED``), whether or not the function's library knew."""
         self.before_snapshot: Callable[[], dict[str, Any]] | None = None
         """What a SNAPSHOT frame runs (the extension sends what it holds); its answer goes back."""
+        self.noted: Callable[[dict[str, Any], list[tuple[int, int, str]]], None] | None = None
+        """Told of each batch of a handler's spans (start, end in Unix µs, span id) with their
+        trace's header, once OTLP spans are taken (``_otlp``: which trace they ran in)."""
 
     def feed(self, reader: frames.Reader, data: bytes, source: str, stream: Stream | None = None) -> bool:
         """Hand ``data`` to ``reader`` and act on what it yields (noting on ``stream``, a
@@ -116,13 +124,22 @@ class Intake:
     def spans(self, header: dict[str, Any], span_records: list[Any]) -> None:
         """Finished spans sent as records (``posthog_lambda_contract.records``): their events."""
         max_event_bytes = trace_max_event_bytes(header)
+        noted = self.noted
+        times: list[tuple[int, int, str]] = []
         for record in span_records:
             try:
                 event = records.expand(header, record)
-            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError) as exc:
                 self.drops.add("events_invalid", 1, f"a span record that cannot be read: {exc!r:.200}")
                 continue
+            if noted is not None and record[records.KIND] != OTEL_SPAN:
+                props = event["properties"]
+                end_us = record[records.END_US]
+                span_id = props.get("$ai_span_id") or props.get("$ai_trace_id")
+                times.append((end_us - record[records.LATENCY_NS] // 1000, end_us, str(span_id)))
             self.event(event, max_event_bytes)
+        if times and noted is not None:
+            noted(header, times)
 
     def event(self, event: Any, max_event_bytes: int = limits.AI_EVENT_LIMIT) -> None:
         """Buffer ``event``, cut to ``limits.limit_for`` its name and ``max_event_bytes`` (its

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
     from ._api import ExtensionsApi
     from ._flusher import Flusher
+    from ._otlp import Otlp
+    from ._otlp_server import OtlpServer
     from ._secrets import KeyStore
     from ._sender import Sender
     from ._telemetry import Telemetry
@@ -69,6 +71,9 @@ FLUSH_BUDGET_S = 5.0
 """The most one flush during an invocation may take, retries included: a PostHog outage must
 not make every invocation last until its timeout. SHUTDOWN uses all the time it has."""
 SHUTDOWN_DEFAULT_S = 2.0
+OTLP_HOLD_S = 1.0
+"""Under Managed Instances, how long an OTLP span waits for the handler's trace it ran in (an
+app's exporter sends before its handler returns; the trace comes as it returns)."""
 SHUTDOWN_REASONS = {
     "spindown": "spindown",
     "timeout": "timeout",
@@ -133,6 +138,11 @@ class Extension:
         self.restore = Restore(self.restored) if settings.snap_start else None
         """With SnapStart: waiting for the sign of the restore from the snapshot."""
         self.intake.before_snapshot = self.before_snapshot
+        self.otlp: Otlp | None = None
+        """Set once OTLP/HTTP is served (``start_otlp``)."""
+        self.otlp_server: OtlpServer | None = None
+        self._in_flight_since: float | None = None
+        """When the invocation under way began (on this clock); None between invocations."""
         self._flushing = threading.Lock()
         """One flush at a time, whichever thread: the main one, the background flusher (SHUTDOWN's
         waits for the one under way), the socket's reader before a snapshot (a restored copy of
@@ -148,6 +158,9 @@ class Extension:
             self.key_store.start()  # registered already: read while Lambda starts the runtime
         self._announce()
         self.start_telemetry(api, identifier)  # still Init: before this extension's first next
+        if self.settings.otlp_port and self.intake.discard is None:
+            # Its modules load off this thread: the first next is not kept waiting for them.
+            threading.Thread(target=self.start_otlp, name="posthog-lambda-otlp-start", daemon=True).start()
         if not invokes and self.intake.discard is None:
             self.start_flusher()
         while True:
@@ -209,6 +222,40 @@ class Extension:
         except Exception as exc:
             _log.warn(f"cannot use the Telemetry API ({exc!r}); going on without it")
 
+    def start_otlp(self) -> None:
+        """Take OTLP/HTTP on localhost (``_otlp_server``); its spans wait in ``_otlp`` for a flush."""
+        try:
+            from ._otlp import Otlp
+            from ._otlp_server import OtlpServer
+
+            otlp = Otlp(self.intake.spans, all_spans=self.settings.otel_all_spans, clock=self._clock)
+            server = OtlpServer(otlp.receive, self.drops, port=self.settings.otlp_port)
+            self.otlp = otlp
+            self.intake.noted = otlp.note
+            if server.start():
+                self.otlp_server = server
+                _log.debug(f"taking OTLP/HTTP on 127.0.0.1:{server.port}")
+        except Exception as exc:
+            _log.warn(f"cannot take OTLP ({exc!r}); going on without it")
+
+    def release_otlp(self, force: bool = False) -> None:
+        """Hand the OTLP spans that can be placed now to the intake: all of them when ``force`` or
+        between invocations; those that came before the invocation under way began otherwise
+        (under Managed Instances, where many run at once: those that waited ``OTLP_HOLD_S``)."""
+        otlp = self.otlp
+        if otlp is None:
+            return
+        if force:
+            before = None
+        elif self.settings.managed:
+            before = self._clock() - OTLP_HOLD_S
+        else:
+            before = self._in_flight_since
+        try:
+            otlp.release(before)
+        except Exception as exc:
+            _log.once(f"otlp-release:{type(exc).__name__}", f"handing on OTLP spans failed: {exc!r}")
+
     def start_flusher(self) -> None:
         from ._flusher import Flusher
 
@@ -260,6 +307,7 @@ class Extension:
 
     def invoke(self, event: Mapping[str, Any]) -> None:
         now = self._clock()
+        self._in_flight_since = now
         deadline = self._deadline(event.get("deadlineMs"), 0.0, now + FLUSH_BUDGET_S)
         request_id = event.get("requestId")
         if self.telemetry is not None and isinstance(request_id, str) and request_id:
@@ -289,6 +337,8 @@ class Extension:
                 _log.debug(f"the function's process died during invocation {request_id}: on to SHUTDOWN")
                 self._accepted = self.intake.accepted
                 return
+            self._in_flight_since = None  # ended: its OTLP spans, sent before it returned, can go
+            self.release_otlp()
             silent = self.intake.accepted == self._accepted  # no event since the last INVOKE
             if outcome == "runtime_done" and silent and not self.invocations.started(request_id):
                 # runtimeDone comes at least 25 ms after the runtime (the shortest telemetry
@@ -384,6 +434,8 @@ class Extension:
                 self.sender.close()
         finally:
             self.server.close(join_timeout=0.1)
+            if self.otlp_server is not None:
+                self.otlp_server.close()
             if self.telemetry is not None:
                 self.telemetry.close()
             totals = self.drops.totals()
@@ -451,6 +503,7 @@ class Extension:
             self._flushing.release()
 
     def _flush(self, deadline: float, force: bool) -> bool:
+        self.release_otlp(force)
         if self.telemetry is not None:
             self.telemetry.apply(self.intake)
         sender = self._sender(deadline if force else min(deadline, self._clock() + KEY_WAIT_S))

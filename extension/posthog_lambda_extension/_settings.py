@@ -34,6 +34,8 @@ MANAGED_FLUSH_INTERVAL_MS = 1000
 """...and an event waits a second at most while it is quiet: nothing but this timer wakes the
 extension there (no INVOKE), and PostHog's live views stay current."""
 DEFAULT_MEMORY_MB = 128
+DEFAULT_OTLP_PORT = 4318
+"""OTLP/HTTP's own default port: what an app's exporter points at unless told otherwise."""
 MIN_BUFFER_BYTES = 1024 * 1024
 """Room for a few ordinary events; smaller buffers would drop most traces on arrival."""
 
@@ -52,6 +54,8 @@ class Settings:
         "managed",
         "mode",
         "name",
+        "otel_all_spans",
+        "otlp_port",
         "problems",
         "snap_start",
         "socket_path",
@@ -94,6 +98,14 @@ class Settings:
         self.buffer_bytes = buffer_bytes
         self.socket_path = environ.get(environment.POSTHOG_LAMBDA_SOCKET, "").strip() or DEFAULT_SOCKET
         self.spool_dir = environ.get(environment.POSTHOG_LAMBDA_SPOOL_DIR, "").strip() or DEFAULT_SPOOL
+        raw_port = self._env.get(environment.POSTHOG_LAMBDA_OTLP_PORT, "").strip()
+        port = DEFAULT_OTLP_PORT if not raw_port else parse_int(raw_port)
+        if port is None or not 0 <= port < 65536:
+            self._problem(environment.POSTHOG_LAMBDA_OTLP_PORT, raw_port, f"is not a port; using {DEFAULT_OTLP_PORT}")
+            port = DEFAULT_OTLP_PORT
+        self.otlp_port = port
+        """Where OTLP/HTTP is taken on localhost; 0 when not."""
+        self.otel_all_spans = self._flag(environment.POSTHOG_LAMBDA_OTEL_ALL_SPANS, False)
 
     @property
     def discard_reason(self) -> str | None:

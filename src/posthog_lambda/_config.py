@@ -130,10 +130,8 @@ def _clamp_limit(value: int) -> int:
 
 
 def _from_env() -> Config:
-    redact_keys: Iterable[str] = DEFAULT_REDACT_KEYS
-    raw_keys = os.environ.get(constants.POSTHOG_LAMBDA_REDACT_KEYS)
-    if raw_keys is not None:
-        redact_keys = [k.strip() for k in raw_keys.split(",") if k.strip()]
+    named = constants.parse_redact_keys(os.environ.get(constants.POSTHOG_LAMBDA_REDACT_KEYS))
+    redact_keys: Iterable[str] = DEFAULT_REDACT_KEYS if named is None else named
     redact = env_flag(constants.POSTHOG_LAMBDA_REDACT, True)
     return Config(
         enabled=env_flag(constants.POSTHOG_LAMBDA_ENABLED, True),

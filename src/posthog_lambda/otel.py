@@ -24,9 +24,11 @@ from __future__ import annotations
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import StatusCode
 
+from posthog_lambda_contract.environment import POSTHOG_LAMBDA_OTEL_ALL_SPANS
 from posthog_lambda_contract.genai import RECORDS_INPUT, RECORDS_OUTPUT, SPAN, is_genai
 
 from . import _config
+from ._config import env_flag
 from ._context import current
 from ._log import logger
 from ._processor import export_records
@@ -34,6 +36,7 @@ from ._trace import Trace
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
     from opentelemetry.context import Context
@@ -62,13 +65,14 @@ class _Open:
 class PostHogLambdaSpanProcessor(SpanProcessor):
     """Sends finished GenAI spans to PostHog through posthog-lambda's extension.
 
-    ``all_spans``: send every span (as ``$ai_span`` when it is not GenAI), not only GenAI ones.
+    ``all_spans``: send every span (as ``$ai_span`` when it is not GenAI), not only GenAI ones;
+    by default ``POSTHOG_LAMBDA_OTEL_ALL_SPANS`` says (false when unset).
     ``max_open``: how many started, unended spans it remembers (for nesting); past that the
     oldest is forgotten, and a child of it is nested under the posthog-lambda span instead.
     """
 
-    def __init__(self, *, all_spans: bool = False, max_open: int = 10_000) -> None:
-        self.all_spans = all_spans
+    def __init__(self, *, all_spans: bool | None = None, max_open: int = 10_000) -> None:
+        self.all_spans = env_flag(POSTHOG_LAMBDA_OTEL_ALL_SPANS, False) if all_spans is None else all_spans
         self.max_open = max_open
         self._open: dict[int, _Open] = {}
 
@@ -96,7 +100,7 @@ class PostHogLambdaSpanProcessor(SpanProcessor):
         if context is None:
             return
         opened = self._open.pop(context.span_id, None)
-        attributes = span.attributes or {}
+        attributes = _copied(span.attributes)
         if not (self.all_spans or is_genai(attributes)):
             return
         host = opened.host if opened is not None else current.get()
@@ -111,7 +115,7 @@ class PostHogLambdaSpanProcessor(SpanProcessor):
                 return
             # Its own trace, under OpenTelemetry's trace id, with the configured user and settings.
             trace = Trace(config, trace_id=format(context.trace_id, "032x"), detached=True)
-        record = _record(span, context.span_id, parent_id, trace.record_input, trace.record_output)
+        record = _record(span, attributes, context.span_id, parent_id, trace.record_input, trace.record_output)
         if host is not None:
             trace.batch.add(record)
         else:
@@ -140,12 +144,23 @@ class PostHogLambdaSpanProcessor(SpanProcessor):
         return True
 
 
-def _record(span: ReadableSpan, span_id: int, parent_id: str | None, inputs: bool, outputs: bool) -> tuple[Any, ...]:
+def _copied(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A finished span's attributes as a dict of their own: the SDK's mapping copies itself at C
+    speed (``dict()`` would go through its lock per key)."""
+    if not attributes:
+        return {}
+    copy = getattr(attributes, "copy", None)
+    copied = copy() if copy is not None else None
+    return copied if type(copied) is dict else dict(attributes)
+
+
+def _record(
+    span: ReadableSpan, attributes: dict[str, Any], span_id: int, parent_id: str | None, inputs: bool, outputs: bool
+) -> tuple[Any, ...]:
     start_ns = span.start_time or 0
     end_ns = span.end_time or start_ns
     status = span.status
     error = (status.description or "") if status is not None and status.status_code is _ERROR else None
-    attributes = dict(span.attributes or {})
     resource = span.resource
     if resource is not None:
         for key, value in resource.attributes.items():

@@ -115,6 +115,17 @@ the price of a request), as a JSON object with any of ``x86_64``, ``arm64`` (USD
 and ``request`` (USD per request). Default ``{"x86_64": 0.0000166667, "arm64": 0.0000133334,
 "request": 0.0000002}`` (AWS list prices). An invalid value is one log line, then the defaults."""
 
+POSTHOG_LAMBDA_OTLP_PORT = "POSTHOG_LAMBDA_OTLP_PORT"
+"""Extension: the localhost port where it takes OTLP/HTTP traces (``POST /v1/traces``,
+protobuf or JSON), so that an app whose OpenTelemetry exports to
+``OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318`` needs no change. ``0`` turns it off.
+Default ``4318``."""
+
+POSTHOG_LAMBDA_OTEL_ALL_SPANS = "POSTHOG_LAMBDA_OTEL_ALL_SPANS"
+"""``true`` sends every OpenTelemetry span (``posthog_lambda.otel``'s processor and OTLP
+alike), those that are not GenAI as ``$ai_span``; by default only GenAI spans are sent (those
+with ``gen_ai.*``, ``llm.*`` or ``traceloop.*`` attributes). Default ``false``."""
+
 
 # -- set by Lambda, read by both sides ----------------------------------------------------------
 
@@ -177,6 +188,13 @@ def parse_host(raw: str | None) -> str | None:
     if scheme.lower() not in ("http", "https") or not rest or rest.startswith("/"):
         return None
     return f"{scheme.lower()}://{rest}"
+
+
+def parse_redact_keys(raw: str | None) -> list[str] | None:
+    """``POSTHOG_LAMBDA_REDACT_KEYS``'s key names; None when it is unset (the default list)."""
+    if raw is None:
+        return None
+    return [key.strip() for key in raw.split(",") if key.strip()]
 
 
 def parse_int(raw: str | None) -> int | None:

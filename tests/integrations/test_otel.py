@@ -6,6 +6,7 @@ the spans reach the local PostHog through the extension as ``$ai_*`` events."""
 from __future__ import annotations
 
 import json
+import socket
 import textwrap
 from collections import Counter
 from typing import Any
@@ -46,7 +47,14 @@ APP = textwrap.dedent(
     from posthog_lambda.otel import PostHogLambdaSpanProcessor
 
     provider = TracerProvider()
-    provider.add_span_processor(PostHogLambdaSpanProcessor())
+    if os.environ["ROUTE"] == "otlp":
+        # An app already exporting OTLP, unchanged: the exporter's default endpoint is localhost.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    else:
+        provider.add_span_processor(PostHogLambdaSpanProcessor())
     trace.set_tracer_provider(provider)
     if os.environ["INSTRUMENTATION"] == "openai-v2":
         from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
@@ -77,6 +85,7 @@ APP = textwrap.dedent(
                 temperature=0.2,
             )
         client.embeddings.create(model="text-embedding-3-small", input=question)
+        provider.force_flush()  # as OpenTelemetry on Lambda does before returning (a no-op for ours)
         return {"answer": final.choices[0].message.content, "draft": draft}
 
     @posthog_traced(name="ask", distinct_id="user-1")
@@ -102,8 +111,28 @@ def otel_deployment(ai_deployment: Deployment) -> Deployment:
     return ai_deployment
 
 
-def run(deployment: Deployment, llm: FakeLLM, instrumentation: str, **event: Any) -> list[dict[str, Any]]:
-    environment = {**sdk_environment(llm), **INSTRUMENTATIONS[instrumentation], "INSTRUMENTATION": instrumentation}
+ROUTES = ("processor", "otlp")
+"""posthog_lambda.otel's span processor, or the app's own OTLP/HTTP exporter to the extension."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def run(deployment: Deployment, llm: FakeLLM, instrumentation: str, route: str, **event: Any) -> list[dict[str, Any]]:
+    environment = {
+        **sdk_environment(llm),
+        **INSTRUMENTATIONS[instrumentation],
+        "INSTRUMENTATION": instrumentation,
+        "ROUTE": route,
+    }
+    if route == "otlp":
+        # The exporter's own variable, and the extension's, agreeing on a port no other test holds.
+        port = free_port()
+        environment["POSTHOG_LAMBDA_OTLP_PORT"] = str(port)
+        environment["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://localhost:{port}"
     with deployment.environment(timeout_s=10, **environment) as env:
         result = env.invoke({"question": "What is a Lambda layer?", **event})
     assert result.status == "success", result.error
@@ -111,11 +140,12 @@ def run(deployment: Deployment, llm: FakeLLM, instrumentation: str, **event: Any
     return received(deployment, 5)
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("instrumentation", sorted(INSTRUMENTATIONS))
 def test_genai_spans_join_the_handlers_trace_once_each(
-    otel_deployment: Deployment, llm: FakeLLM, instrumentation: str
+    otel_deployment: Deployment, llm: FakeLLM, instrumentation: str, route: str
 ) -> None:
-    events = run(otel_deployment, llm, instrumentation)
+    events = run(otel_deployment, llm, instrumentation, route)
     assert Counter(e["event"] for e in events) == {
         "$ai_trace": 1,
         "$ai_span": 1,
@@ -160,9 +190,12 @@ def test_genai_spans_join_the_handlers_trace_once_each(
         assert embedding["$ai_input"] == question
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("instrumentation", sorted(INSTRUMENTATIONS))
-def test_privacy_mode_drops_the_messages(otel_deployment: Deployment, llm: FakeLLM, instrumentation: str) -> None:
-    events = run(otel_deployment, llm, instrumentation, question="my private question", private=True)
+def test_privacy_mode_drops_the_messages(
+    otel_deployment: Deployment, llm: FakeLLM, instrumentation: str, route: str
+) -> None:
+    events = run(otel_deployment, llm, instrumentation, route, question="my private question", private=True)
     text = json.dumps(events)
     assert "my private question" not in text
     assert DEFAULT_REPLY not in text
@@ -172,3 +205,49 @@ def test_privacy_mode_drops_the_messages(otel_deployment: Deployment, llm: FakeL
         assert "$ai_input" not in props
         assert "$ai_output_choices" not in props
         assert props["$ai_output_tokens"] == count_tokens(DEFAULT_REPLY)
+
+
+HOSTILE = textwrap.dedent(
+    """
+    import os, socket
+    from posthog_lambda import posthog_traced, span
+
+    def send(raw):
+        with socket.create_connection(("127.0.0.1", int(os.environ["POSTHOG_LAMBDA_OTLP_PORT"])), timeout=5) as sock:
+            sock.sendall(raw)
+            return sock.recv(4096).split(b" ", 2)[1].decode()
+
+    def request(body, content_type="application/x-protobuf"):
+        head = f"POST /v1/traces HTTP/1.1\\r\\nContent-Type: {content_type}\\r\\n"
+        return f"{head}Content-Length: {len(body)}\\r\\n\\r\\n".encode() + body
+
+    @posthog_traced(name="hostile")
+    def handler(event, context):
+        with span("attack"):
+            return [
+                send(request(b"\\x0a\\x05\\x01")),  # protobuf cut short
+                send(request(b"{not json", "application/json")),
+                send(request(b"x" * 10, "text/plain")),
+                send(b"GET /v1/traces HTTP/1.1\\r\\n\\r\\n"),
+                send(os.urandom(64) + b"\\r\\n\\r\\n"),
+            ]
+    """
+)
+
+
+def test_hostile_otlp_is_refused_and_counted_and_the_function_goes_on(deployment: Deployment) -> None:
+    deployment.code(HOSTILE)
+    port = str(free_port())
+    with deployment.environment(timeout_s=10, POSTHOG_LAMBDA_OTLP_PORT=port) as env:
+        first = env.invoke({})
+        second = env.invoke({})
+    assert first.status == second.status == "success", first.error
+    assert first.payload == ["400", "400", "415", "405", "400"]
+    deployment.posthog.wait_for_events(2, timeout=10, predicate=lambda e: e.name == "posthog_lambda_dropped")
+    dropped: Counter[str] = Counter()
+    for event in deployment.posthog.events:
+        if event.name == "posthog_lambda_dropped":
+            dropped.update({k: v for k, v in event.properties.items() if k.startswith("otlp_")})
+    assert dropped == {"otlp_invalid": 6, "otlp_unsupported": 2, "otlp_not_found": 2}
+    traces = [e for e in deployment.posthog.events if e.name == "$ai_trace"]
+    assert len(traces) == 2

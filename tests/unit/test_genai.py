@@ -322,3 +322,9 @@ def test_hostile_content_is_kept_as_text_not_a_crash() -> None:
     _, p = props({"gen_ai.operation.name": "chat", "gen_ai.input.messages": deep, "gen_ai.usage.input_tokens": "lots"})
     assert p["$ai_input"] == deep
     assert "$ai_input_tokens" not in p
+
+
+def test_the_extensions_intake_knows_the_kind_without_loading_the_module() -> None:
+    from posthog_lambda_extension import _intake
+
+    assert _intake.OTEL_SPAN == genai.SPAN

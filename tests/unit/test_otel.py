@@ -104,6 +104,16 @@ def test_all_spans_sends_the_others_as_spans(events: list[Any]) -> None:
     assert event["properties"]["http.route"] == "/items"
 
 
+def test_the_environment_asks_for_all_spans_and_an_argument_wins(
+    events: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POSTHOG_LAMBDA_OTEL_ALL_SPANS", "true")
+    assert PostHogLambdaSpanProcessor().all_spans is True
+    assert PostHogLambdaSpanProcessor(all_spans=False).all_spans is False
+    monkeypatch.delenv("POSTHOG_LAMBDA_OTEL_ALL_SPANS")
+    assert PostHogLambdaSpanProcessor().all_spans is False
+
+
 def test_capture_input_off_sends_no_messages(tracer: Tracer, events: list[Any]) -> None:
     configure(capture_input=False)
     messages = '[{"role": "user", "content": "hi"}]'
