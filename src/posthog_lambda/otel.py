@@ -15,16 +15,23 @@ under the span that was current when they started, and take its user, session, g
 privacy mode and redaction; outside one, each OpenTelemetry trace is a trace of its own. Spans
 that are not GenAI are left out unless ``all_spans=True``.
 
+On SnapStart the SDK's ids would repeat: its id generator draws from the ``random`` module,
+whose state every environment restored from the snapshot copies, so each would make the same
+trace and span ids in the same order. The processor registers ``random.seed()`` (fresh bits
+from the kernel) to run after each restore, as AWS advises for random generators.
+
 Needs ``opentelemetry-sdk`` (``pip install posthog-lambda[otel]``); nothing else of
 posthog-lambda imports it.
 """
 
 from __future__ import annotations
 
+import os
+
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import StatusCode
 
-from posthog_lambda_contract.environment import POSTHOG_LAMBDA_OTEL_ALL_SPANS
+from posthog_lambda_contract.environment import POSTHOG_LAMBDA_OTEL_ALL_SPANS, on_snap_start
 from posthog_lambda_contract.genai import RECORDS_INPUT, RECORDS_OUTPUT, SPAN, is_genai
 
 from . import _config
@@ -32,6 +39,7 @@ from ._config import env_flag
 from ._context import current
 from ._log import logger
 from ._processor import export_records
+from ._restore import HOOKS_MODULE
 from ._trace import Trace
 
 TYPE_CHECKING = False
@@ -75,6 +83,7 @@ class PostHogLambdaSpanProcessor(SpanProcessor):
         self.all_spans = env_flag(POSTHOG_LAMBDA_OTEL_ALL_SPANS, False) if all_spans is None else all_spans
         self.max_open = max_open
         self._open: dict[int, _Open] = {}
+        _reseed_after_restore()
 
     def on_start(self, span: OtelSpan, parent_context: Context | None = None) -> None:
         try:
@@ -142,6 +151,25 @@ class PostHogLambdaSpanProcessor(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Nothing is held here: spans leave with their trace, or at once outside one."""
         return True
+
+
+_reseeding = False
+
+
+def _reseed_after_restore() -> None:
+    """On SnapStart, have ``random`` (the SDK's id generator's source) reseeded after each restore;
+    once per process."""
+    global _reseeding
+    if _reseeding or not on_snap_start(os.environ):
+        return
+    _reseeding = True
+    try:
+        import random
+        from importlib import import_module
+
+        import_module(HOOKS_MODULE).register_after_restore(random.seed)
+    except Exception as exc:
+        logger.debug("posthog_lambda.otel: cannot reseed random after a restore (%s)", exc)
 
 
 def _copied(attributes: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -251,3 +251,36 @@ def test_hostile_otlp_is_refused_and_counted_and_the_function_goes_on(deployment
     assert dropped == {"otlp_invalid": 6, "otlp_unsupported": 2, "otlp_not_found": 2}
     traces = [e for e in deployment.posthog.events if e.name == "$ai_trace"]
     assert len(traces) == 2
+
+
+SNAPSHOT = textwrap.dedent(
+    """
+    from opentelemetry.sdk.trace import TracerProvider
+    from posthog_lambda.otel import PostHogLambdaSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(PostHogLambdaSpanProcessor())
+    tracer = provider.get_tracer("app")
+
+    def handler(event, context):  # not traced: each OpenTelemetry trace is a trace of its own
+        with tracer.start_as_current_span("chat", attributes={"gen_ai.operation.name": "chat"}):
+            pass
+        return "ok"
+    """
+)
+
+
+def test_on_snapstart_restored_environments_make_different_opentelemetry_ids(otel_deployment: Deployment) -> None:
+    otel_deployment.code(SNAPSHOT)
+    restored: list[set[str]] = []
+    with otel_deployment._environment({}, lifecycle="snap-start", timeout_s=10.0) as env:
+        assert env.init().error is None
+        for _ in range(2):
+            before = {e.uuid for e in otel_deployment.posthog.events}
+            assert [env.invoke({}).status for _ in range(3)] == ["success"] * 3
+            env.shutdown()
+            made = [e for e in otel_deployment.posthog.events if e.uuid not in before and e.name == "$ai_generation"]
+            assert len(made) == 3
+            restored.append({str(e.event["properties"]["$ai_trace_id"]) for e in made})
+    assert all(len(ids) == 3 for ids in restored)
+    assert not restored[0] & restored[1], "OpenTelemetry trace ids repeat across restored environments"

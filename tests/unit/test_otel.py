@@ -182,3 +182,41 @@ def test_it_composes_with_the_apps_other_processors(events: list[Any]) -> None:
         pass
     assert [s.name for s in exporter.get_finished_spans()] == ["chat"]
     assert [e["event"] for e in events] == ["$ai_generation"]
+
+
+def test_on_snapstart_random_is_reseeded_after_each_restore(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+    import sys
+    import types
+
+    from posthog_lambda import otel
+
+    registered: list[Any] = []
+    hooks = types.ModuleType("snapshot_restore_py")
+    hooks.register_after_restore = registered.append  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "snapshot_restore_py", hooks)
+    monkeypatch.setattr(otel, "_reseeding", False)
+    monkeypatch.setenv("AWS_LAMBDA_INITIALIZATION_TYPE", "snap-start")
+    PostHogLambdaSpanProcessor()
+    PostHogLambdaSpanProcessor()
+    assert registered == [random.seed]  # once per process
+    random.seed(7)
+    copied = random.getrandbits(64)
+    random.seed(7)  # what every restored copy of the snapshot holds
+    registered[0]()
+    assert random.getrandbits(64) != copied
+
+
+def test_elsewhere_nothing_is_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from posthog_lambda import otel
+
+    registered: list[Any] = []
+    hooks = types.ModuleType("snapshot_restore_py")
+    hooks.register_after_restore = registered.append  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "snapshot_restore_py", hooks)
+    monkeypatch.setattr(otel, "_reseeding", False)
+    PostHogLambdaSpanProcessor()
+    assert registered == []
