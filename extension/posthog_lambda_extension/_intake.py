@@ -14,6 +14,7 @@ time), never raised.
 from __future__ import annotations
 
 import threading
+from collections import deque
 
 from posthog_lambda_contract import frames, limits, records
 from posthog_lambda_contract.events import MAX_EVENT_BYTES
@@ -34,6 +35,10 @@ if TYPE_CHECKING:
     from ._server import Stream
 
 
+HANDLER_BATCHES_KEPT = 256
+"""How many batches of handlers' spans ``handlers`` keeps (the latest)."""
+HANDLER_SPANS_KEPT = 512
+"""How many spans of one batch it keeps."""
 OTEL_SPAN = "otel"
 """``genai.SPAN``, without loading ``genai`` until an OpenTelemetry span comes: the kind of
 record that is not a handler's span."""
@@ -74,9 +79,10 @@ class Intake:
         (``schema.LAMBDA_RESTORED``), whether or not the function's library knew."""
         self.before_snapshot: Callable[[], dict[str, Any]] | None = None
         """What a SNAPSHOT frame runs (the extension sends what it holds); its answer goes back."""
-        self.noted: Callable[[dict[str, Any], list[tuple[int, int, str]]], None] | None = None
-        """Told of each batch of a handler's spans (start, end in Unix µs, span id) with their
-        trace's header, once OTLP spans are taken (``_otlp``: which trace they ran in)."""
+        self.handlers: deque[tuple[dict[str, Any], list[tuple[int, int, str]]]] | None = None
+        """When OTLP is taken: the latest batches of handlers' spans, each its trace's header and
+        its spans' (start, end in Unix µs, span id), where ``_otlp`` looks for the span an OTLP
+        span ran in."""
 
     def feed(self, reader: frames.Reader, data: bytes, source: str, stream: Stream | None = None) -> bool:
         """Hand ``data`` to ``reader`` and act on what it yields (noting on ``stream``, a
@@ -124,7 +130,7 @@ class Intake:
     def spans(self, header: dict[str, Any], span_records: list[Any]) -> None:
         """Finished spans sent as records (``posthog_lambda_contract.records``): their events."""
         max_event_bytes = trace_max_event_bytes(header)
-        noted = self.noted
+        handlers = self.handlers
         times: list[tuple[int, int, str]] = []
         for record in span_records:
             try:
@@ -132,14 +138,14 @@ class Intake:
             except (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError) as exc:
                 self.drops.add("events_invalid", 1, f"a span record that cannot be read: {exc!r:.200}")
                 continue
-            if noted is not None and record[records.KIND] != OTEL_SPAN:
+            if handlers is not None and record[records.KIND] != OTEL_SPAN and len(times) < HANDLER_SPANS_KEPT:
                 props = event["properties"]
                 end_us = record[records.END_US]
                 span_id = props.get("$ai_span_id") or props.get("$ai_trace_id")
                 times.append((end_us - record[records.LATENCY_NS] // 1000, end_us, str(span_id)))
             self.event(event, max_event_bytes)
-        if times and noted is not None:
-            noted(header, times)
+        if times and handlers is not None:
+            handlers.append((header, times))
 
     def event(self, event: Any, max_event_bytes: int = limits.AI_EVENT_LIMIT) -> None:
         """Buffer ``event``, cut to ``limits.limit_for`` its name and ``max_event_bytes`` (its

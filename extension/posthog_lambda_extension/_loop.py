@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 from posthog_lambda_contract import limits
 
@@ -24,7 +25,7 @@ from . import _log
 from ._api import next_event
 from ._buffer import Buffer
 from ._drops import DROPPED_EVENT, Drops, dropped_event
-from ._intake import Intake, trace_max_event_bytes
+from ._intake import HANDLER_BATCHES_KEPT, Intake, trace_max_event_bytes
 from ._invocations import Invocations
 from ._policy import FLUSH_NOW, WAIT_FOR_END, Policy
 from ._restore import Restore
@@ -139,7 +140,7 @@ class Extension:
         """With SnapStart: waiting for the sign of the restore from the snapshot."""
         self.intake.before_snapshot = self.before_snapshot
         self.otlp: Otlp | None = None
-        """Set once OTLP/HTTP is served (``start_otlp``)."""
+        """Set at the first OTLP request (``start_otlp``)."""
         self.otlp_server: OtlpServer | None = None
         self._in_flight_since: float | None = None
         """When the invocation under way began (on this clock); None between invocations."""
@@ -159,8 +160,7 @@ class Extension:
         self._announce()
         self.start_telemetry(api, identifier)  # still Init: before this extension's first next
         if self.settings.otlp_port and self.intake.discard is None:
-            # Its modules load off this thread: the first next is not kept waiting for them.
-            threading.Thread(target=self.start_otlp, name="posthog-lambda-otlp-start", daemon=True).start()
+            self.start_otlp()
         if not invokes and self.intake.discard is None:
             self.start_flusher()
         while True:
@@ -223,20 +223,28 @@ class Extension:
             _log.warn(f"cannot use the Telemetry API ({exc!r}); going on without it")
 
     def start_otlp(self) -> None:
-        """Take OTLP/HTTP on localhost (``_otlp_server``); its spans wait in ``_otlp`` for a flush."""
+        """Take OTLP/HTTP on localhost (``_otlp_server``). Only the listener and its thread start
+        now; what decodes and places the spans (``_otlp``) loads with the first request."""
         try:
-            from ._otlp import Otlp
             from ._otlp_server import OtlpServer
 
-            otlp = Otlp(self.intake.spans, all_spans=self.settings.otel_all_spans, clock=self._clock)
-            server = OtlpServer(otlp.receive, self.drops, port=self.settings.otlp_port)
-            self.otlp = otlp
-            self.intake.noted = otlp.note
+            self.intake.handlers = deque(maxlen=HANDLER_BATCHES_KEPT)
+            server = OtlpServer(self._receive_otlp, self.drops, port=self.settings.otlp_port)
             if server.start():
                 self.otlp_server = server
                 _log.debug(f"taking OTLP/HTTP on 127.0.0.1:{server.port}")
         except Exception as exc:
             _log.warn(f"cannot take OTLP ({exc!r}); going on without it")
+
+    def _receive_otlp(self, body: bytes, content_type: str) -> int:
+        otlp = self.otlp
+        if otlp is None:
+            from ._otlp import Otlp
+
+            otlp = self.otlp = Otlp(
+                self.intake.spans, self.intake.handlers, all_spans=self.settings.otel_all_spans, clock=self._clock
+            )
+        return otlp.receive(body, content_type)
 
     def release_otlp(self, force: bool = False) -> None:
         """Hand the OTLP spans that can be placed now to the intake: all of them when ``force`` or

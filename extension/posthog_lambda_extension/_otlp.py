@@ -29,6 +29,7 @@ from posthog_lambda_contract.genai import RECORDS_INPUT, RECORDS_OUTPUT, SPAN, i
 from posthog_lambda_contract.jsonable import DEFAULT_REDACT_KEYS, redact_key_set
 from posthog_lambda_contract.limits import BATCH_EVENT_LIMIT, clamp
 
+from ._intake import HANDLER_BATCHES_KEPT, HANDLER_SPANS_KEPT
 from ._otlp_decode import decode_json, decode_protobuf
 
 TYPE_CHECKING = False
@@ -45,9 +46,6 @@ MAX_REMEMBERED = 20_000
 """Span ids remembered (their parent, whether kept) for nesting spans that arrive later."""
 MAX_WAITING = 20_000
 """Spans waiting for a flush; past that the oldest go at once, as traces of their own."""
-MAX_HOSTS = 64
-"""Handlers' traces remembered for OTLP spans to join (the latest)."""
-MAX_HOST_SPANS = 512
 CLOCK_SLACK_US = 2_000
 """How far a span may seem to start before, or end after, the span it ran in (whose time must
 still hold its middle): the library reads the wall clock once per trace and perf_counter after,
@@ -90,23 +88,13 @@ class Defaults:
         return (RECORDS_INPUT if self.record_input else 0) | (RECORDS_OUTPUT if self.record_output else 0)
 
 
-class _Host:
-    """A handler's trace, as far as an OTLP span needs it: its header and its spans' times."""
-
-    __slots__ = ("header", "spans")
-
-    def __init__(self, header: dict[str, Any]) -> None:
-        self.header = header
-        self.spans: list[tuple[int, int, str]] = []
-        """(start, end in Unix µs, span id: the trace id for its ``$ai_trace``)."""
-
-
 class Otlp:
     """Takes OTLP requests (any thread) and hands their spans on at each flush (``release``)."""
 
     def __init__(
         self,
         spans: Spans,
+        handlers: deque[tuple[dict[str, Any], list[tuple[int, int, str]]]] | None = None,
         *,
         all_spans: bool = False,
         environ: Mapping[str, str] = os.environ,
@@ -123,7 +111,8 @@ class Otlp:
         self._placed: dict[str, tuple[dict[str, Any], str | None]] = {}
         """Where each top span went (its trace's header, the span it joined): its descendants
         released later follow it."""
-        self._hosts: deque[_Host] = deque(maxlen=MAX_HOSTS)
+        self._handlers = deque(maxlen=HANDLER_BATCHES_KEPT) if handlers is None else handlers
+        """The intake's ``handlers``: batches of handlers' spans, with their trace's header."""
         self.taken = 0
         """Spans taken over OTLP (kept or not)."""
 
@@ -159,15 +148,9 @@ class Otlp:
     # -- from the intake: the handlers' traces ------------------------------------------------
 
     def note(self, header: dict[str, Any], spans: Sequence[tuple[int, int, str]]) -> None:
-        """A handler's spans arrived (start, end in Unix µs, span id), with their trace's header."""
-        trace_id = header.get(TRACE_ID)
-        with self._lock:
-            host = next((h for h in self._hosts if h.header.get(TRACE_ID) == trace_id), None)
-            if host is None:
-                host = _Host(header)
-                self._hosts.append(host)
-            if len(host.spans) < MAX_HOST_SPANS:
-                host.spans.extend(spans[: MAX_HOST_SPANS - len(host.spans)])
+        """A batch of a handler's spans (start, end in Unix µs, span id; the trace id for its
+        ``$ai_trace``) with their trace's header, as the intake keeps them."""
+        self._handlers.append((header, list(spans[:HANDLER_SPANS_KEPT])))
 
     # -- at a flush -----------------------------------------------------------------------------
 
@@ -231,8 +214,8 @@ class Otlp:
                 return placed
             best: tuple[int, dict[str, Any], str] | None = None
             middle = (top.start_us + top.end_us) // 2
-            for host in self._hosts:
-                for span_start, span_end, span_id in host.spans:
+            for header, spans in list(self._handlers):  # a copy: the intake appends meanwhile
+                for span_start, span_end, span_id in spans:
                     if (
                         span_start - CLOCK_SLACK_US <= top.start_us
                         and top.end_us <= span_end + CLOCK_SLACK_US
@@ -240,7 +223,7 @@ class Otlp:
                     ):
                         width = span_end - span_start
                         if best is None or width < best[0]:
-                            best = (width, host.header, span_id)
+                            best = (width, header, span_id)
             if best is None:
                 return self.defaults.header(top.trace_id), None
             placed = (best[1], best[2])

@@ -34,10 +34,9 @@ MAX_HEAD = 16 * 1024
 MAX_BODY = 16 * 1024 * 1024
 """The most a request's body may hold, compressed or not (the socket's frame limit)."""
 MAX_CONNECTIONS = 256
+MAX_SELECT_FAILURES = 100
 READ_SIZE = 256 * 1024
 SEND_TIMEOUT_S = 0.5
-SELECT_S = 0.1
-"""How long the thread waits for a request before it looks whether it is to stop."""
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 
@@ -91,6 +90,9 @@ class OtlpServer:
         self._connections: dict[socket.socket, _Connection] = {}
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+        """Written to by ``close``: the thread waits for requests with no timeout (it wakes for
+        nothing else, so an idle environment spends no CPU on it)."""
 
     def start(self) -> bool:
         """Listen and serve in a thread; False (said in one line) if the port cannot be had: another
@@ -107,7 +109,9 @@ class OtlpServer:
             return False
         self.port = listener.getsockname()[1]
         self._listener = listener
+        self._wake = socket.socketpair()
         self._selector.register(listener, selectors.EVENT_READ)
+        self._selector.register(self._wake[0], selectors.EVENT_READ)
         self._thread = threading.Thread(target=self._serve, name="posthog-lambda-otlp", daemon=True)
         self._thread.start()
         return True
@@ -115,6 +119,9 @@ class OtlpServer:
     def close(self) -> None:
         """Stop serving: the thread closes every connection and the listener as it ends."""
         self._closed = True
+        if self._wake is not None:
+            with contextlib.suppress(OSError):
+                self._wake[1].send(b"x")
         if self._thread is not None:
             self._thread.join(1.0)
 
@@ -122,7 +129,7 @@ class OtlpServer:
         try:
             self._loop()
         finally:
-            for sock in [*self._connections, self._listener]:
+            for sock in [*self._connections, self._listener, *(self._wake or ())]:
                 if sock is not None:
                     with contextlib.suppress(OSError):
                         sock.close()
@@ -130,16 +137,23 @@ class OtlpServer:
             self._selector.close()
 
     def _loop(self) -> None:
+        failures = 0
         while not self._closed:
             try:
-                ready = self._selector.select(SELECT_S)
-            except (OSError, ValueError):
-                if self._closed:
+                ready = self._selector.select()
+                failures = 0
+            except (OSError, ValueError) as exc:
+                failures += 1
+                if self._closed or failures > MAX_SELECT_FAILURES:
+                    if not self._closed:
+                        _log.warn(f"stopped taking OTLP: waiting for requests keeps failing ({exc!r})")
                     return
                 continue
             for key, _ in ready:
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
+                if self._wake is not None and sock is self._wake[0]:
+                    return
                 try:
                     if sock is self._listener:
                         self._accept(sock)
@@ -147,7 +161,8 @@ class OtlpServer:
                         self._read(sock)
                 except Exception as exc:  # never let a client stop the thread
                     _log.once(f"otlp:{type(exc).__name__}", f"serving OTLP failed unexpectedly: {exc!r}")
-                    self._drop(sock)
+                    if sock is not self._listener:
+                        self._drop(sock)
 
     def _accept(self, listener: socket.socket) -> None:
         try:

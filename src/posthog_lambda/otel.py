@@ -172,6 +172,21 @@ def _reseed_after_restore() -> None:
         logger.debug("posthog_lambda.otel: cannot reseed random after a restore (%s)", exc)
 
 
+_resource: tuple[Any, dict[str, Any]] = (None, {})
+"""The last resource seen and its ``posthog.*`` attributes (a provider has one resource)."""
+
+
+def _identity(resource: Any) -> dict[str, Any]:
+    """``resource``'s ``posthog.*`` attributes (a distinct id, a session), which each span takes."""
+    global _resource
+    seen, found = _resource
+    if resource is not seen:
+        attributes = resource.attributes if resource is not None else {}
+        found = {key: value for key, value in attributes.items() if key.startswith("posthog.")}
+        _resource = (resource, found)
+    return found
+
+
 def _copied(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     """A finished span's attributes as a dict of their own: the SDK's mapping copies itself at C
     speed (``dict()`` would go through its lock per key)."""
@@ -189,11 +204,8 @@ def _record(
     end_ns = span.end_time or start_ns
     status = span.status
     error = (status.description or "") if status is not None and status.status_code is _ERROR else None
-    resource = span.resource
-    if resource is not None:
-        for key, value in resource.attributes.items():
-            if key.startswith("posthog."):
-                attributes.setdefault(key, value)
+    for key, value in _identity(span.resource).items():
+        attributes.setdefault(key, value)
     events = []
     chunked = False
     for event in span.events:

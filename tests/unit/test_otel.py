@@ -220,3 +220,15 @@ def test_elsewhere_nothing_is_registered(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(otel, "_reseeding", False)
     PostHogLambdaSpanProcessor()
     assert registered == []
+
+
+def test_the_resource_can_say_who_the_user_is(events: list[Any]) -> None:
+    from opentelemetry.sdk.resources import Resource
+
+    for user in ("user-1", "user-2"):  # a provider (and resource) each: neither takes the other's
+        provider = TracerProvider(resource=Resource.create({"posthog.distinct_id": user}))
+        provider.add_span_processor(PostHogLambdaSpanProcessor())
+        with provider.get_tracer("test").start_as_current_span("chat", attributes=CHAT):
+            pass
+    assert [e["distinct_id"] for e in events] == ["user-1", "user-2"]
+    assert "$process_person_profile" not in events[0]["properties"]
