@@ -224,9 +224,8 @@ class Otlp:
                         width = span_end - span_start
                         if best is None or width < best[0]:
                             best = (width, header, span_id)
-            if best is None:
-                return self.defaults.header(top.trace_id), None
-            placed = (best[1], best[2])
+            # One header per trace of its own, too: its spans go to the intake together.
+            placed = (self.defaults.header(top.trace_id), None) if best is None else (best[1], best[2])
             self._placed[top.span_id] = placed
             while len(self._placed) > MAX_REMEMBERED:
                 self._placed.pop(next(iter(self._placed)))

@@ -404,12 +404,12 @@ def expand(header: dict[str, Any], record: Sequence[Any]) -> Event:
         if provider is not None:
             props["$ai_provider"] = str(provider).lower()
         props.update(_tokens(attributes))
-        parameters = {name: attributes[key] for name, key in _PARAMETERS if key in attributes}
+        parameters = {parameter: attributes[key] for parameter, key in _PARAMETERS if key in attributes}
         if parameters:
             props["$ai_model_parameters"] = to_jsonable(parameters)
-            for name in ("temperature", "max_tokens"):
-                if name in parameters:
-                    props[f"$ai_{name}"] = parameters[name]
+            for parameter in ("temperature", "max_tokens"):
+                if parameter in parameters:
+                    props[f"$ai_{parameter}"] = parameters[parameter]
         reasons = attributes.get("gen_ai.response.finish_reasons")
         if isinstance(reasons, list | tuple) and reasons:
             props["$ai_stop_reason"] = reasons[0]

@@ -363,3 +363,11 @@ def test_a_malformed_opentelemetry_record_from_the_socket_is_counted() -> None:
     intake.spans({TRACE_ID: "t", DISTINCT_ID: "u"}, [("otel", "chat", None, "soon"), good, ("otel",) * 12])
     assert drops.totals() == {"events_invalid": 2}
     assert intake.accepted == 1
+
+
+def test_the_spans_of_a_trace_of_its_own_go_on_together(otlp: Otlp, handed: Handed) -> None:
+    otlp.receive(protobuf(finished(("planner", AGENT), ("chat", CHAT), ("second", CHAT))), "application/x-protobuf")
+    otlp.release()
+    ((header, batch),) = handed.calls
+    assert len(batch) == 3
+    assert {e["properties"]["$ai_trace_id"] for e in handed.events()} == {header[TRACE_ID]}
