@@ -28,6 +28,7 @@ at once on loopback: PostHog or a collector over a real network adds its round t
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -46,6 +47,8 @@ ROUNDS = 15
 INVOCATIONS = 40
 GENAI_SPANS = 6
 DECORATOR = "@posthog_traced alone"
+SHARE_MB = 512
+"""Also measured at this memory size's CPU share: what a function running an agent is often given."""
 
 _SINK = """
 import sys
@@ -223,9 +226,9 @@ def contenders(socket_path: str, sink_port: str, otlp_port: str) -> dict[str, Ca
 
 
 def measure(runs: dict[str, Callable[[], None]], rounds: int, invocations: int) -> dict[str, dict[str, list[float]]]:
-    """Per contender, per round: the median wall ms of an invocation and its mean CPU ms."""
+    """Per contender, per round: the median and mean wall ms of an invocation and its mean CPU ms."""
     names = list(runs)
-    found: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in names}
+    found: dict[str, dict[str, list[float]]] = {name: {"wall": [], "mean": [], "cpu": []} for name in names}
     for run in runs.values():  # warm-up: connections, imports, caches
         for _ in range(5):
             run()
@@ -241,6 +244,7 @@ def measure(runs: dict[str, Callable[[], None]], rounds: int, invocations: int) 
                 walls.append((time.perf_counter() - started) * 1000)
             found[name]["cpu"].append((time.process_time() - cpu_started) * 1000 / invocations)
             found[name]["wall"].append(median(walls))
+            found[name]["mean"].append(sum(walls) / len(walls))
     return found
 
 
@@ -248,11 +252,10 @@ def added(found: dict[str, dict[str, list[float]]], name: str, what: str) -> flo
     return median([value - base for value, base in zip(found[name][what], found["none"][what], strict=True)])
 
 
-def main() -> None:
-    parser = arguments(__doc__, "BENCHMARKS.md's otel_spans section and the Targets table")
-    parser.add_argument("--rounds", type=positive, default=ROUNDS)
-    parser.add_argument("--invocations", type=positive, default=INVOCATIONS)
-    args = parser.parse_args()
+def run(rounds: int, invocations: int, procs: str | None = None) -> dict[str, dict[str, list[float]]]:
+    """The measurement, in this process. ``procs``: a cgroup's ``cgroup.procs`` to join first
+    (Lambda's CPU share), with the extension's stand-ins, which share the sandbox's CPU on
+    Lambda; the PostHog and collector stand-ins stay out: they are elsewhere."""
     with tempfile.TemporaryDirectory() as tmp:
         socket_path = str(Path(tmp) / "posthog.sock")
         os.environ["POSTHOG_LAMBDA_SOCKET"] = socket_path
@@ -261,29 +264,79 @@ def main() -> None:
         sys.path.insert(0, str(SRC))
         processes = []
         try:
-            discard, _ = _started(_DISCARD, socket_path)
             sink, sink_port = _started(_SINK)
+            processes.append(sink)
+            if procs is not None:
+                Path(procs).write_text(str(os.getpid()))
+            discard, _ = _started(_DISCARD, socket_path)
             server, otlp_port = _started(_EXTENSION_OTLP, str(SRC), str(ROOT / "extension"))
-            processes = [discard, sink, server]
-            found = measure(contenders(socket_path, sink_port, otlp_port), args.rounds, args.invocations)
+            processes += [discard, server]
+            return measure(contenders(socket_path, sink_port, otlp_port), rounds, invocations)
         finally:
             for process in processes:
                 process.kill()
                 process.wait()
-    base_wall, base_cpu = median(found["none"]["wall"]), median(found["none"]["cpu"])
+
+
+def at_share(memory_mb: int, rounds: int, invocations: int) -> dict[str, dict[str, list[float]]]:
+    """The measurement in a child process given Lambda's CPU share for ``memory_mb``."""
+    sys.path.insert(0, str(SRC))
+    from posthog_lambda.local.emulator.cpu import CpuShare
+
+    share = CpuShare(memory_mb)
+    try:
+        command = [sys.executable, __file__, "--join", str(share.procs), "--rounds", str(rounds)]
+        done = subprocess.run(
+            [*command, "--invocations", str(invocations)], cwd=ROOT, capture_output=True, text=True, check=False
+        )
+        if done.returncode:
+            raise SystemExit(f"otel_spans.py at {memory_mb} MB's share failed:\n{done.stderr[-2000:]}")
+        found: dict[str, dict[str, list[float]]] = json.loads(done.stdout.strip().splitlines()[-1])
+        return found
+    finally:
+        share.close()
+
+
+def table(
+    found: dict[str, dict[str, list[float]]], stat: str = "wall"
+) -> tuple[list[str], dict[str, tuple[float, float]]]:
+    """The rows, and per contender (added wall ms, added CPU ms); ``stat`` ``wall`` (the median
+    invocation) or ``mean`` (under a CPU quota, where a few invocations wait for the next period)."""
+    base_wall, base_cpu = median(found["none"][stat]), median(found["none"]["cpu"])
+    which = "median" if stat == "wall" else "mean"
     rows = [
-        "| Contender | response ms (median) | adds to the response | CPU ms per invocation | adds CPU per GenAI span |",
+        f"| Contender | response ms ({which}) | adds to the response | CPU ms per invocation "
+        "| adds CPU per GenAI span |",
         "|---|---:|---:|---:|---:|",
         f"| none (the SDK's spans alone) | {base_wall:.3f} | | {base_cpu:.3f} | |",
     ]
     summary = {}
     for name in list(found)[1:]:
-        wall, cpu = added(found, name, "wall"), added(found, name, "cpu")
+        wall, cpu = added(found, name, stat), added(found, name, "cpu")
         summary[name] = (wall, cpu)
         rows.append(
-            f"| {name} | {median(found[name]['wall']):.3f} | +{wall:.3f} ms | {median(found[name]['cpu']):.3f} "
+            f"| {name} | {median(found[name][stat]):.3f} | +{wall:.3f} ms | {median(found[name]['cpu']):.3f} "
             f"| +{cpu * 1000 / GENAI_SPANS:.0f} µs |"
         )
+    return rows, summary
+
+
+def main() -> None:
+    parser = arguments(__doc__, "BENCHMARKS.md's otel_spans section and the Targets table")
+    parser.add_argument("--rounds", type=positive, default=ROUNDS)
+    parser.add_argument("--invocations", type=positive, default=INVOCATIONS)
+    parser.add_argument("--memory", type=positive, default=SHARE_MB, help="also at this memory size's CPU share")
+    parser.add_argument("--join", help=argparse.SUPPRESS)  # the child at_share starts: a cgroup.procs to join
+    args = parser.parse_args()
+    if args.join:
+        print(json.dumps(run(args.rounds, args.invocations, args.join)))
+        return
+    found = run(args.rounds, args.invocations)
+    from posthog_lambda.local.emulator.cpu import MB_PER_VCPU
+
+    rows, summary = table(found)
+    share_rounds = args.rounds
+    shared_rows, shared = table(at_share(args.memory, share_rounds, args.invocations), "mean")
     ours_wall, ours_cpu = summary["posthog-lambda"]
     own_cpu = median([a - b for a, b in zip(found["posthog-lambda"]["cpu"], found[DECORATOR]["cpu"], strict=True)])
     otlp_wall, _ = summary["BatchSpanProcessor + OTLP"]
@@ -295,7 +348,16 @@ def main() -> None:
         f"{args.rounds} rounds of {args.invocations} invocations per contender, each invocation "
         f"{GENAI_SPANS} GenAI spans and 3 HTTP spans.",
         "",
+        "At full speed (this machine's vCPU):",
+        "",
         *rows,
+        "",
+        f"At {args.memory} MB's CPU share ({args.memory / MB_PER_VCPU:.0%} of a vCPU: a CFS quota on this process and "
+        f"the extension's stand-ins, `posthog_lambda.local`'s `CpuShare`), {share_rounds} rounds; means, since a "
+        "quota lets most invocations run at full speed and stops the few that find it spent until the next "
+        "100 ms period:",
+        "",
+        *shared_rows,
         "",
         f"The span processor adds {ours_wall:.3f} ms to the response, the decorator's trace included "
         f"({ours_cpu * 1000 / GENAI_SPANS:.0f} µs of CPU per GenAI span; {own_cpu * 1000 / GENAI_SPANS:.0f} µs "
@@ -303,7 +365,10 @@ def main() -> None:
         f"`force_flush()` adds {otlp_wall:.3f} ms, and posthog-python's `PostHogSpanProcessor` "
         f"{python_wall:.3f} ms, before any network round trip. To the extension's OTLP server the same "
         f"export adds {summary['posthog-lambda OTLP'][0]:.3f} ms: it answers once it has decoded the request "
-        "(so that a bad one gets its 4xx), which the collector stand-in does not.",
+        "(so that a bad one gets its 4xx), which the collector stand-in does not. At "
+        f"{args.memory} MB's share: {shared['posthog-lambda'][0]:.3f} ms against "
+        f"{shared['BatchSpanProcessor + OTLP'][0]:.3f} ms (and {shared['posthog-lambda OTLP'][0]:.3f} ms to the "
+        "extension's OTLP server, whose decoding now shares the function's quota).",
     ]
     targets = [
         Target(
@@ -316,7 +381,9 @@ def main() -> None:
     summary_lines = [
         f"OpenTelemetry GenAI spans: `PostHogLambdaSpanProcessor` adds {ours_wall:.2f} ms to a response "
         f"with {GENAI_SPANS} GenAI spans; OTLP with `force_flush()` adds {otlp_wall:.2f} ms and posthog-python's "
-        f"`PostHogSpanProcessor` {python_wall:.2f} ms on loopback, plus a network round trip on Lambda"
+        f"`PostHogSpanProcessor` {python_wall:.2f} ms on loopback, plus a network round trip on Lambda "
+        f"({shared['posthog-lambda'][0]:.2f} against {shared['BatchSpanProcessor + OTLP'][0]:.2f} ms at "
+        f"{args.memory} MB's CPU share)"
     ]
     body = "\n".join(lines)
     print(body)

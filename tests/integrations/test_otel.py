@@ -284,3 +284,56 @@ def test_on_snapstart_restored_environments_make_different_opentelemetry_ids(ote
             restored.append({str(e.event["properties"]["$ai_trace_id"]) for e in made})
     assert all(len(ids) == 3 for ids in restored)
     assert not restored[0] & restored[1], "OpenTelemetry trace ids repeat across restored environments"
+
+
+UNCHANGED = textwrap.dedent(
+    """
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.openai import OpenAIInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    OpenAIInstrumentor().instrument(tracer_provider=provider)
+
+    import openai
+
+    client = openai.OpenAI()
+
+    def handler(event, context):  # no posthog_lambda at all: an app that already exports OTLP
+        answer = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": event["question"]}]
+        )
+        provider.force_flush()
+        return answer.choices[0].message.content
+    """
+)
+
+
+def test_an_app_exporting_otlp_needs_no_change_and_its_spans_leave_after_each_invocation(
+    otel_deployment: Deployment, llm: FakeLLM
+) -> None:
+    otel_deployment.code(UNCHANGED)
+    port = free_port()
+    environment = {
+        **sdk_environment(llm),
+        "POSTHOG_LAMBDA_OTLP_PORT": str(port),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://localhost:{port}",
+    }
+    with otel_deployment.environment(timeout_s=10, **environment) as env:
+        for n in range(2):
+            result = env.invoke({"question": f"question {n}"})
+            assert (result.status, result.payload) == ("success", DEFAULT_REPLY)
+            # Sent after the invocation, before the next one (end mode): not held until SHUTDOWN.
+            otel_deployment.posthog.wait_for_events(n + 1, timeout=10, predicate=lambda e: e.name == "$ai_generation")
+    generations = [e.event for e in otel_deployment.posthog.events if e.name == "$ai_generation"]
+    assert len(generations) == 2
+    for n, event in enumerate(generations):
+        props = event["properties"]
+        assert props["$ai_input"] == [{"role": "user", "content": f"question {n}"}]
+        assert props["$ai_output_tokens"] == count_tokens(DEFAULT_REPLY)
+        # A trace of its own: OpenTelemetry's trace id, no known user.
+        assert event["distinct_id"] == props["$ai_trace_id"] == props["$ai_parent_id"]
+        assert len(props["$ai_trace_id"]) == 32
+        assert props["$process_person_profile"] is False
