@@ -26,6 +26,7 @@ ORDER = (
     "managed_instances",
     "cpu_share",
     "otel_spans",
+    "event_economy",
     "layer_size",
     "emulator",
     "make_bench",

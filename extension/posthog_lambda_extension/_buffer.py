@@ -7,6 +7,8 @@ stay for the next flush. An entry evicted while a request carrying it is in flig
 as dropped only if that request does not succeed. Worth keeping: ``begin``, then ``ack``/``drop``
 for what was settled and ``end`` always (in a ``finally``), is what makes an event leave the
 buffer only once PostHog has it (or has refused it for good, counted), however a flush ends.
+An entry can be held back from flushes (``hold``, ``release``): an ``$ai_trace`` waiting for
+Lambda's report on its invocation, whose figures are then patched into it (``patch``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ FULL = "events_buffer_full"
 
 
 class Entry:
-    __slots__ = ("added", "ai", "data", "evicted", "in_flight", "name", "truncated", "uuid")
+    __slots__ = ("added", "ai", "data", "evicted", "held", "in_flight", "name", "truncated", "uuid")
 
     def __init__(self, uuid: str, name: str, data: bytes, added: float) -> None:
         self.uuid = uuid
@@ -37,6 +39,8 @@ class Entry:
         self.in_flight = False
         self.evicted = False
         self.truncated = False
+        self.held = False
+        """Kept back from flushes until released (an ``$ai_trace`` waiting for its report)."""
 
     @property
     def size(self) -> int:
@@ -64,6 +68,7 @@ class Buffer:
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] = {}
         self._size = 0
+        self._held = 0
 
     def add(self, uuid: str, name: str, data: bytes) -> bool:
         """Keep an event; False if it was not kept (a duplicate uuid, or larger than the buffer)."""
@@ -87,6 +92,9 @@ class Buffer:
         while self._size > self.limit and self._entries:
             oldest = self._entries.pop(next(iter(self._entries)))
             self._size -= oldest.size
+            if oldest.held:
+                oldest.held = False
+                self._held -= 1
             if oldest.in_flight:
                 oldest.evicted = True  # counted by end() unless its request succeeds
             elif not self._lost(oldest):
@@ -99,9 +107,13 @@ class Buffer:
         return entry.name == DROPPED_EVENT and self._drops.restore(entry.data)
 
     def stats(self) -> Stats:
+        """What a flush could send now: the entries not held back."""
         with self._lock:
-            oldest = next(iter(self._entries.values()), None)
-            return Stats(len(self._entries), self._size, None if oldest is None else oldest.added)
+            if not self._held:
+                oldest = next(iter(self._entries.values()), None)
+                return Stats(len(self._entries), self._size, None if oldest is None else oldest.added)
+            ready = [e for e in self._entries.values() if not e.held]
+            return Stats(len(ready), sum(e.size for e in ready), ready[0].added if ready else None)
 
     def restamp(self) -> None:
         """After a restore from a snapshot: what waits counts as added now, since the times it
@@ -112,9 +124,10 @@ class Buffer:
                 entry.added = now
 
     def begin(self) -> list[Entry]:
-        """The entries no flush holds yet, oldest first, now held by the caller's flush."""
+        """The entries no flush holds yet and not held back, oldest first, now held by the
+        caller's flush."""
         with self._lock:
-            taken = [e for e in self._entries.values() if not e.in_flight]
+            taken = [e for e in self._entries.values() if not e.in_flight and not e.held]
             for entry in taken:
                 entry.in_flight = True
         return taken
@@ -149,6 +162,36 @@ class Buffer:
                 entry.in_flight = False
         if lost:
             self._drops.add(FULL, lost, f"more than {self.limit} bytes of events waiting; the oldest went first")
+
+    def hold(self, uuid: str) -> bool:
+        """Keep a waiting entry back from flushes until ``release``; False if it is not waiting."""
+        with self._lock:
+            entry = self._entries.get(uuid)
+            if entry is None or entry.in_flight or entry.held:
+                return False
+            entry.held = True
+            self._held += 1
+            return True
+
+    def release(self, uuid: str | None = None) -> int:
+        """Let a held entry (None: every one) go with the next flush; how many were released."""
+        with self._lock:
+            if not self._held:
+                return 0
+            entries = self._entries.values() if uuid is None else [e for e in (self._entries.get(uuid),) if e]
+            released = 0
+            for entry in entries:
+                if entry.held:
+                    entry.held = False
+                    released += 1
+            self._held -= released
+            return released
+
+    @property
+    def held(self) -> int:
+        """How many entries are held back."""
+        with self._lock:
+            return self._held
 
     def replace(self, entry: Entry, data: bytes) -> None:
         """Swap an entry's JSON for a smaller version of it (truncated for a stricter endpoint)."""
@@ -188,6 +231,9 @@ class Buffer:
         if self._entries.get(entry.uuid) is entry:
             del self._entries[entry.uuid]
             self._size -= entry.size
+            if entry.held:
+                entry.held = False
+                self._held -= 1
 
     def __len__(self) -> int:
         with self._lock:

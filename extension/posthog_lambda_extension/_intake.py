@@ -79,6 +79,9 @@ class Intake:
         (``schema.LAMBDA_RESTORED``), whether or not the function's library knew."""
         self.before_snapshot: Callable[[], dict[str, Any]] | None = None
         """What a SNAPSHOT frame runs (the extension sends what it holds); its answer goes back."""
+        self.awaits_report: Callable[[str, str], bool] | None = None
+        """Set with the Telemetry API: whether an ``$ai_trace`` (request id, uuid), just held back,
+        waits for its invocation's report (``Telemetry.awaits``)."""
         self.handlers: deque[tuple[dict[str, Any], list[tuple[int, int, str]]]] | None = None
         """When OTLP is taken: the latest batches of handlers' spans, each its trace's header and
         its spans' (start, end in Unix µs, span id), where ``_otlp`` looks for the span an OTLP
@@ -126,6 +129,17 @@ class Intake:
             spans = payload.get("spans")
             if spans:
                 self.spans(payload["trace"], spans)
+
+    def _hold(self, trace: dict[str, Any]) -> None:
+        """Keep an invocation's ``$ai_trace`` back while Lambda's report on the invocation is to
+        come, so that its figures are properties of the trace rather than events of their own."""
+        request_id = trace["properties"].get("lambda_request_id")
+        if not isinstance(request_id, str) or not request_id:
+            return
+        uuid = trace["uuid"]
+        # Held first, then registered: a report that comes in between finds it held.
+        if self.buffer.hold(uuid) and not (self.awaits_report and self.awaits_report(request_id, uuid)):
+            self.buffer.release(uuid)
 
     def spans(self, header: dict[str, Any], span_records: list[Any]) -> None:
         """Finished spans sent as records (``posthog_lambda_contract.records``): their events."""
@@ -175,3 +189,5 @@ class Intake:
         if self.buffer.add(event["uuid"], name, data):
             self.accepted += 1
             self.traces.event(event)
+            if name == "$ai_trace" and self.awaits_report is not None:
+                self._hold(event)

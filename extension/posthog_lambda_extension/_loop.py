@@ -213,12 +213,15 @@ class Extension:
                 self.intake.traces,
                 managed=self.settings.managed,
                 snap_start=self.settings.snap_start,
+                metric_events=self.settings.metric_events,
+                clock=self._clock,
             )
             if self.restore is not None:
                 restore = self.restore
                 telemetry.restore_seen = lambda kind: restore.sign(f"the Telemetry API's {kind}")
             if telemetry.start(api, identifier):
                 self.telemetry = telemetry
+                self.intake.awaits_report = telemetry.awaits
         except Exception as exc:
             _log.warn(f"cannot use the Telemetry API ({exc!r}); going on without it")
 
@@ -513,7 +516,7 @@ class Extension:
     def _flush(self, deadline: float, force: bool) -> bool:
         self.release_otlp(force)
         if self.telemetry is not None:
-            self.telemetry.apply(self.intake)
+            self.telemetry.apply(self.intake, force)
         sender = self._sender(deadline if force else min(deadline, self._clock() + KEY_WAIT_S))
         if sender is None or not sender.ready(force):
             return False

@@ -52,6 +52,7 @@ class Settings:
         "host",
         "key_store",
         "managed",
+        "metric_events",
         "mode",
         "name",
         "otel_all_spans",
@@ -106,6 +107,7 @@ class Settings:
         self.otlp_port = port
         """Where OTLP/HTTP is taken on localhost; 0 when not."""
         self.otel_all_spans = self._flag(environment.POSTHOG_LAMBDA_OTEL_ALL_SPANS, False)
+        self.metric_events = self._flag(environment.POSTHOG_LAMBDA_METRIC_EVENTS, False)
 
     @property
     def discard_reason(self) -> str | None:

@@ -7,10 +7,14 @@ The extension subscribes during Init (after registering, before its first ``next
 - ``platform.runtimeDone`` ends an invocation for the main loop even when the handler is not
   decorated or its process died, so ``end`` mode never waits for a START or the deadline.
 - ``platform.report`` (delivered late: at the next invoke, or at shutdown) carries the billed
-  duration and memory. Its figures, and the estimated cost, go on that invocation's
-  ``$ai_trace`` while it waits in the buffer, otherwise as ``$ai_metric`` events linked to it,
-  made by the one event builder with the trace's header (``events.header_of``): same user,
-  person-profile rule, session and groups as the trace.
+  duration and memory. Its figures, and the estimated cost, are properties of that invocation's
+  ``$ai_trace``, which the buffer holds back until the report comes (``awaits``, ``apply``):
+  each event costs the user money, and five figures as events would double a small trace's
+  count. A report that does not come never keeps its trace: it goes without the figures once
+  two more INVOKEs and a second have passed (``_overdue``), and at SHUTDOWN. Only when asked
+  (``POSTHOG_LAMBDA_METRIC_EVENTS``) do figures that find their trace sent anyway go as
+  ``$ai_metric`` events linked to it, made by the one event builder with the trace's header
+  (``events.header_of``): same user, person-profile rule, session and groups as the trace.
 
 On Lambda Managed Instances the subscription must use schema ``2025-01-29`` (others are refused),
 no ``runtimeDone`` comes, and each ``platform.report`` arrives as its invocation ends, with its
@@ -40,6 +44,7 @@ import json
 import os
 import socket
 import threading
+import time
 
 from posthog_lambda_contract import environment, limits
 from posthog_lambda_contract.events import make_event, now
@@ -74,6 +79,15 @@ PRICES_VARIABLE = environment.POSTHOG_LAMBDA_PRICES
 DEFAULT_PRICES = {"x86_64": 0.0000166667, "arm64": 0.0000133334, "request": 0.0000002}
 """USD per GB-second by architecture, and per request (AWS's list prices, us-east-1)."""
 
+HOLD_INVOKES = 2
+HOLD_S = 1.0
+"""On-demand, an ``$ai_trace`` waits for its report until ``HOLD_INVOKES`` more INVOKEs have come
+and ``HOLD_S`` has passed on the clock (which stands still while the environment is frozen): a
+report comes at least 25 ms after its invocation (Lambda's shortest buffering), so under
+frequent short invocations several later ones may end before it does."""
+MANAGED_HOLD_S = 2.0
+"""On Managed Instances, where a report comes as its invocation ends, an ``$ai_trace`` waits for
+it this long at most."""
 INIT_DURATION = "lambda_init_duration_ms"
 # platform.report metric -> property on the $ai_trace (and $ai_metric_name)
 FIGURES = (
@@ -145,11 +159,24 @@ class Telemetry:
         *,
         managed: bool = False,
         snap_start: bool = False,
+        metric_events: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.invocations = invocations
         self.traces = traces
         self.managed = managed
         self.snap_start = snap_start
+        self.metric_events = metric_events
+        """Figures that find their trace sent already go as ``$ai_metric`` events (else not)."""
+        self._clock = clock
+        self._held: dict[str, tuple[str, int, float]] = {}
+        """Request id -> (uuid of its ``$ai_trace`` held back in the buffer, how many INVOKEs had
+        come when it was, when on the clock)."""
+        self._invoked = 0
+        self._reported: dict[str, None] = {}
+        """Request ids whose report came (Managed Instances, where no INVOKE says one will)."""
+        self._unmatched: dict[str, dict[str, Any]] = {}
+        """Request id -> its report, come before its trace (or for an untraced invocation)."""
         self.restore_seen: Callable[[str], object] | None = None
         """Called with the record's type when a ``platform.restore*`` record arrives (``snap_start``
         only): the sign of the restore (``_restore``)."""
@@ -235,6 +262,8 @@ class Telemetry:
                     self._reports.append(record)
                     del self._reports[:-RECENT]
                     self._awaited.pop(request_id, None)
+                    self._reported[request_id] = None
+                    forget_oldest(self._reported)
                     if failed:
                         self._failed.append((request_id, str(status)))
                         del self._failed[:-RECENT]
@@ -263,10 +292,27 @@ class Telemetry:
         """An INVOKE: its report is to come."""
         if self.subscribed:
             with self._arrived:
+                if request_id not in self._awaited:
+                    self._invoked += 1
                 self._awaited[request_id] = None
                 forget_oldest(self._awaited)
                 if self.snap_start and self.restore_request is None:
                     self.restore_request = request_id
+
+    def awaits(self, request_id: str, uuid: str) -> bool:
+        """Whether the ``$ai_trace`` ``uuid`` of ``request_id``, just buffered and held back, is to
+        wait for its report (subscribed, every invocation gets one); if so, it waits until
+        ``apply`` puts the report's figures on it (or gives up on them: ``_overdue``)."""
+        with self._arrived:
+            if not self.subscribed:
+                return False
+            # Its report has not come yet (its INVOKE may be taken in after its frames), or it came
+            # first and waits for it.
+            coming = request_id in self._unmatched or request_id not in self._reported
+            if coming:
+                self._held[request_id] = (uuid, self._invoked, self._clock())
+                forget_oldest(self._held)
+            return coming
 
     def take_failed(self) -> list[tuple[str, str]]:
         """(request id, status) of each invocation reported timed out or failed since the last
@@ -282,26 +328,66 @@ class Telemetry:
 
     # -- figures ---------------------------------------------------------------------------------
 
-    def apply(self, intake: Intake) -> int:
-        """Put the reports received so far on their traces while they wait in the buffer (else
-        send them as ``$ai_metric`` events, taken in like any other event); how many reports
-        found their trace."""
+    def apply(self, intake: Intake, force: bool = False) -> int:
+        """Put the reports received so far on their traces while they wait in the buffer (else,
+        when asked, send them as ``$ai_metric`` events, taken in like any other event), and let
+        the traces held for them go; ``force`` (SHUTDOWN): every held trace goes. How many
+        reports found their trace."""
         with self._arrived:
             reports, self._reports = self._reports, []
+            # Reports that came before their trace (its frames read late), now that it is here.
+            reports += [self._unmatched.pop(rid) for rid in list(self._unmatched) if self.traces.get(rid)]
         applied = 0
         for report in reports:
             request_id = report["requestId"]
             trace = self.traces.get(request_id)
+            if trace is None:
+                # An untraced invocation, or a trace still on its way: kept for a while.
+                with self._arrived:
+                    self._unmatched[request_id] = report
+                    forget_oldest(self._unmatched)
+                continue
             figures: dict[str, Any] = self.figures(report)
             if self.snap_start:
                 self._with_restore(request_id, figures)
-            if trace is None or not figures:
-                continue  # an untraced invocation: nothing to link the figures to
+            if not figures:
+                continue
             applied += 1
             self._give(intake, trace, request_id, figures)
         if self.snap_start:
             self._give_restore(intake)
+        # Each report's trace can go now, figures on; and those whose report did not come in time.
+        for report in reports:
+            self._let_go(intake, report["requestId"])
+        for request_id in self._overdue(force):
+            _log.debug(
+                f"no platform.report for invocation {request_id} in time: its trace goes without Lambda's figures"
+            )
+            self._let_go(intake, request_id)
         return applied
+
+    def _let_go(self, intake: Intake, request_id: str) -> None:
+        with self._arrived:
+            held = self._held.pop(request_id, None)
+        if held is not None:
+            intake.buffer.release(held[0])
+
+    def _overdue(self, force: bool) -> list[str]:
+        """Held traces not to wait for any longer: all of them when ``force`` (SHUTDOWN); on-demand
+        those held ``HOLD_INVOKES`` INVOKEs and ``HOLD_S`` ago or more; on Managed Instances, where
+        reports come as invocations end, those held ``MANAGED_HOLD_S``."""
+        with self._arrived:
+            if force:
+                return list(self._held)
+            if self.managed:
+                now = self._clock()
+                return [rid for rid, (_, _, at) in self._held.items() if now - at >= MANAGED_HOLD_S]
+            now = self._clock()
+            return [
+                rid
+                for rid, (_, seen, at) in self._held.items()
+                if self._invoked - seen >= HOLD_INVOKES and now - at >= HOLD_S
+            ]
 
     def _give(self, intake: Intake, trace: BufferedTrace, request_id: str, figures: Mapping[str, Any]) -> None:
         """``figures`` onto the buffered trace, else as ``$ai_metric`` events (numbers only)."""
@@ -309,6 +395,9 @@ class Telemetry:
             with self._arrived:
                 self._restore_given.update(name for name in RESTORE_FIGURES if name in figures)
         if intake.buffer.patch(trace.uuid, _adder(figures)) or self.managed:
+            return
+        if not self.metric_events:
+            _log.debug(f"Lambda's figures for trace {trace.trace_id} came after it was sent: left out")
             return
         numbers = {k: v for k, v in figures.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         for event in metric_events(trace, request_id, numbers):

@@ -115,6 +115,13 @@ the price of a request), as a JSON object with any of ``x86_64``, ``arm64`` (USD
 and ``request`` (USD per request). Default ``{"x86_64": 0.0000166667, "arm64": 0.0000133334,
 "request": 0.0000002}`` (AWS list prices). An invalid value is one log line, then the defaults."""
 
+POSTHOG_LAMBDA_METRIC_EVENTS = "POSTHOG_LAMBDA_METRIC_EVENTS"
+"""Extension: ``true`` sends Lambda's figures for an invocation (``platform.report``: billed
+duration, memory, Init, restore, cost) as ``$ai_metric`` events when they come after its
+``$ai_trace`` was sent. By default they are only ever properties of the ``$ai_trace``, which
+waits for its report (until the second INVOKE after it, or SHUTDOWN; 2 s under Managed
+Instances): each event costs money in PostHog. Default ``false``."""
+
 POSTHOG_LAMBDA_OTLP_PORT = "POSTHOG_LAMBDA_OTLP_PORT"
 """Extension: the localhost port where it takes OTLP/HTTP traces (``POST /v1/traces``,
 protobuf or JSON), so that an app whose OpenTelemetry exports to

@@ -80,7 +80,7 @@ def test_failed_traces_come_from_the_one_builder(deployment: Deployment, how: st
 
 def test_feedback_metrics_and_lambda_figures_come_from_the_one_builder(deployment: Deployment) -> None:
     deployment.code(FUNCTION)
-    with deployment.environment("end") as env:  # each trace sent before its report: figures as $ai_metric
+    with deployment.environment("end") as env:
         for n in range(3):
             assert env.invoke({"q": f"q{n}", "user": "u1", "session": "chat-1", "feedback": True}).status == "success"
         env.shutdown()
@@ -90,17 +90,11 @@ def test_feedback_metrics_and_lambda_figures_come_from_the_one_builder(deploymen
     names = [e["event"] for e in events]
     assert names.count("$ai_feedback") == 3
     metrics = [e for e in events if e["event"] == "$ai_metric"]
-    assert [m["properties"]["$ai_metric_name"] for m in metrics].count("quality") == 3
-    figures = [m for m in metrics if m["properties"]["$ai_metric_name"].startswith("lambda_")]
-    assert figures
-    traces = {e["properties"]["$ai_trace_id"]: e for e in events if e["event"] == "$ai_trace"}
-    for figure in figures:
-        # Lambda's figures share their trace's header: user, person-profile rule, session, groups.
-        trace = traces[figure["properties"]["$ai_trace_id"]]
-        assert figure["distinct_id"] == trace["distinct_id"] == "u1"
-        assert "$process_person_profile" not in figure["properties"]
-        assert figure["properties"]["$ai_session_id"] == "chat-1"
-        assert figure["properties"]["$groups"] == {"company": "acme"}
+    assert [m["properties"]["$ai_metric_name"] for m in metrics] == ["quality"] * 3
+    # Lambda's figures are properties of each trace, which waited for its report: no event of their own.
+    traces = [e for e in events if e["event"] == "$ai_trace"]
+    assert all(isinstance(t["properties"].get("lambda_billed_duration_ms"), int) for t in traces)
+    assert all(m["distinct_id"] == "u1" for m in metrics)
     assert_all_built(events)
     assert posthog.duplicates == 0
 

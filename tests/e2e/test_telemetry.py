@@ -64,7 +64,7 @@ def figures_by_trace(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return figures
 
 
-@pytest.mark.parametrize("flush", ["end", "batch"])
+@pytest.mark.parametrize("flush", ["end", "batch", "adaptive"])
 def test_every_trace_carries_what_lambda_reported(deployment: Deployment, flush: str) -> None:
     deployment.code(TRACED)
     with deployment.environment(flush) as env:
@@ -80,6 +80,13 @@ def test_every_trace_carries_what_lambda_reported(deployment: Deployment, flush:
     traces = [e for e in events if e["event"] == "$ai_trace"]
     assert len(traces) == 20
     figures = figures_by_trace(events)
+    order = [r.request_id for r in results]
+    missing = [
+        order.index(t["properties"]["lambda_request_id"])
+        for t in traces
+        if "lambda_billed_duration_ms" not in figures[t["properties"]["$ai_trace_id"]]
+    ]
+    assert missing == [], f"invocations (by position) whose trace has no figures: {missing}"
     arch = "arm64" if platform.machine().lower() in ("aarch64", "arm64") else "x86_64"
     for trace in traces:
         props = trace["properties"]
@@ -97,13 +104,11 @@ def test_every_trace_carries_what_lambda_reported(deployment: Deployment, flush:
             assert "lambda_init_duration_ms" not in got
     assert results[0].init is not None
     assert [r.init is not None for r in results].count(True) == 1
-    metrics = [e for e in events if e["event"] == "$ai_metric"]
-    for metric in metrics:
-        trace = next(t for t in traces if t["properties"]["$ai_trace_id"] == metric["properties"]["$ai_trace_id"])
-        assert metric["distinct_id"] == trace["distinct_id"]
-    if flush == "batch":
-        # Traces still buffered when their report came carry the figures themselves.
-        assert any("lambda_billed_duration_ms" in t["properties"] for t in traces)
+    # Each trace waited for its report: the figures are its own properties, no event of their own.
+    # So PostHog bills what the handler made and nothing more: its trace, span and generation.
+    assert [e for e in events if e["event"] == "$ai_metric"] == []
+    assert all("lambda_billed_duration_ms" in t["properties"] for t in traces)
+    assert len(events) / len(results) == 3.0
 
 
 def test_a_price_table_from_the_environment_sets_the_cost(deployment: Deployment) -> None:

@@ -163,3 +163,38 @@ def test_only_a_drop_report_gives_counts_back() -> None:
     for raw in (b"[1, 2]", b"not json", b'{"event": "$ai_span", "properties": {"x": 1}}', b'{"event": "x"}'):
         assert drops.restore(raw) is False
     assert drops.take() == {}
+
+
+def test_a_held_entry_waits_out_flushes_until_released() -> None:
+    clock = Clock()
+    buffer = Buffer(1 << 20, Drops(), clock)
+    trace = add(buffer, name="$ai_trace")
+    clock.now += 1
+    span = add(buffer)
+    assert buffer.hold(trace)
+    assert not buffer.hold(trace)  # once
+    stats = buffer.stats()
+    assert (stats.count, stats.oldest, buffer.held, len(buffer)) == (1, 101.0, 1, 2)
+    taken = buffer.begin()
+    assert [e.uuid for e in taken] == [span]
+    assert not buffer.hold(span)  # in flight: on its way already
+    buffer.ack(taken)
+    assert buffer.patch(trace, lambda data: data.replace(b"}", b',"x":1}', 1))
+    assert buffer.release(trace) == 1
+    assert buffer.release(trace) == 0
+    (entry,) = buffer.begin()
+    assert entry.uuid == trace
+    assert b'"x":1' in entry.data
+
+
+def test_release_all_and_a_held_entry_evicted_or_acked_is_forgotten() -> None:
+    drops = Drops()
+    buffer = Buffer(entry_size(1000) * 2 + 10, drops)
+    first, second = add(buffer, 1000, "$ai_trace"), add(buffer, 1000, "$ai_trace")
+    assert buffer.hold(first)
+    assert buffer.hold(second)
+    add(buffer, 1000)  # the oldest, held or not, goes first
+    assert buffer.held == 1
+    assert drops.totals() == {FULL: 1}
+    assert buffer.release() == 1
+    assert {e.uuid for e in buffer.begin()} >= {second}

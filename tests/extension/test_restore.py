@@ -332,10 +332,10 @@ def report(request_id: str, **metrics: float) -> dict[str, Any]:
 RESTORE_REPORT = record("platform.restoreReport", status="success", metrics={"durationMs": 15.19})
 
 
-def restored_setup() -> tuple[Telemetry, Intake]:
+def restored_setup(metric_events: bool = False) -> tuple[Telemetry, Intake]:
     intake = Intake(Buffer(10_000_000, Drops()), Invocations(), Drops())
     intake.restored = True
-    telemetry = Telemetry(intake.invocations, intake.traces, {}, snap_start=True)
+    telemetry = Telemetry(intake.invocations, intake.traces, {}, snap_start=True, metric_events=metric_events)
     telemetry.subscribed = True
     return telemetry, intake
 
@@ -375,7 +375,7 @@ def test_the_restore_duration_lands_on_the_first_trace_only(when: str) -> None:
 
 
 def test_the_first_report_s_restore_duration_goes_on_its_trace_once() -> None:
-    telemetry, intake = restored_setup()
+    telemetry, intake = restored_setup(metric_events=True)
     telemetry.invoked("r1")
     intake.event(trace("r1", "t1"))
     sent = intake.buffer.begin()

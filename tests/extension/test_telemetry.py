@@ -25,7 +25,7 @@ from posthog_lambda_extension._intake import Intake
 from posthog_lambda_extension._invocations import Invocations
 from posthog_lambda_extension._loop import END_AFTER_DONE_S, START_GRACE_S, Extension
 from posthog_lambda_extension._settings import Settings
-from posthog_lambda_extension._telemetry import DEFAULT_PRICES, Telemetry
+from posthog_lambda_extension._telemetry import DEFAULT_PRICES, HOLD_S, Telemetry
 from posthog_lambda_extension._traces import Traces
 from tests.extension import builder_problems, make_event, start
 
@@ -229,9 +229,11 @@ def events_in(buffer: Buffer) -> dict[str, dict[str, Any]]:
     return {e.uuid: json.loads(e.data) for e in entries}
 
 
-def setup() -> tuple[Telemetry, Intake]:
+def setup(metric_events: bool = False) -> tuple[Telemetry, Intake]:
+    """A telemetry and an intake; ``metric_events``: figures that come late go as ``$ai_metric``
+    events (``POSTHOG_LAMBDA_METRIC_EVENTS``)."""
     intake = Intake(Buffer(10_000_000, Drops()), Invocations(), Drops())
-    telemetry = Telemetry(intake.invocations, intake.traces, {})
+    telemetry = Telemetry(intake.invocations, intake.traces, {}, metric_events=metric_events)
     telemetry.arch = "x86_64"
     return telemetry, intake
 
@@ -264,8 +266,17 @@ def test_a_trace_without_request_id_is_found_by_its_start_frame() -> None:
     assert event["properties"]["lambda_billed_duration_ms"] == 100
 
 
-def test_a_trace_already_sent_gets_one_linked_metric_per_figure() -> None:
+def test_by_default_figures_that_come_after_their_trace_was_sent_make_no_event() -> None:
     telemetry, intake = setup()
+    buffered_trace(intake, "t1", lambda_request_id="r1")
+    intake.buffer.ack(intake.buffer.begin())  # delivered before its report came
+    telemetry.receive([report("r1", init=80.0)])
+    assert telemetry.apply(intake) == 1
+    assert len(intake.buffer) == 0
+
+
+def test_a_trace_already_sent_gets_one_linked_metric_per_figure() -> None:
+    telemetry, intake = setup(metric_events=True)
     trace = buffered_trace(
         intake,
         "t1",
@@ -302,7 +313,7 @@ def test_a_trace_already_sent_gets_one_linked_metric_per_figure() -> None:
 
 
 def test_a_known_user_gets_a_person_profile_on_its_metrics() -> None:
-    telemetry, intake = setup()
+    telemetry, intake = setup(metric_events=True)
     buffered_trace(intake, "t1", lambda_request_id="r1")
     intake.buffer.ack(intake.buffer.begin())
     telemetry.receive([report("r1")])
@@ -313,7 +324,7 @@ def test_a_known_user_gets_a_person_profile_on_its_metrics() -> None:
 
 
 def test_metrics_are_taken_in_like_any_event_discarded_and_counted_when_nothing_is_sent() -> None:
-    telemetry, intake = setup()
+    telemetry, intake = setup(metric_events=True)
     buffered_trace(intake, "t1", lambda_request_id="r1")
     intake.buffer.ack(intake.buffer.begin())
     intake.discard = "events_api_key_refused"
@@ -324,7 +335,7 @@ def test_metrics_are_taken_in_like_any_event_discarded_and_counted_when_nothing_
 
 
 def test_a_trace_in_flight_is_not_edited_the_figures_go_as_metrics() -> None:
-    telemetry, intake = setup()
+    telemetry, intake = setup(metric_events=True)
     trace = buffered_trace(intake, "t1", lambda_request_id="r1")
     held = intake.buffer.begin()  # a flush is sending it right now
     telemetry.receive([report("r1")])
@@ -413,23 +424,94 @@ def test_a_started_invocation_whose_process_died_ends_shortly_after_runtime_done
     ext.sender.close()  # type: ignore[union-attr]
 
 
-def test_shutdown_waits_for_the_last_report_and_sends_its_figures(tmp_path: Path, posthog: CaptureServer) -> None:
+def traced_invocation(ext: Extension, request_id: str, trace_id: str) -> dict[str, Any]:
+    """One traced invocation, its frames coming while it runs, as on Lambda; its ``$ai_trace``."""
+    ext.telemetry.invoked(request_id)  # type: ignore[union-attr]  # as invoke does, before the frames
+    trace = make_event("$ai_trace", **{"$ai_trace_id": trace_id, "lambda_request_id": request_id})
+    ext.intake.frame(_frames.START, start(request_id, trace_id))
+    ext.intake.frame(_frames.EVENTS, {"events": [make_event(**{"$ai_trace_id": trace_id}), trace]})
+    ext.intake.frame(_frames.END, {"request_id": request_id, "trace_id": trace_id})
+    ext.invoke(invoke(request_id, 30))
+    return trace
+
+
+class Clock:
+    """The telemetry's clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def held_extension(tmp_path: Path, posthog: CaptureServer, clock: Clock | None = None) -> Extension:
+    """An extension subscribed to the Telemetry API, whose traces wait for their reports."""
     ext = extension(tmp_path, posthog)
-    ext.telemetry.subscribed = True  # type: ignore[union-attr]
-    ext.intake.frame(_frames.START, start("r1", "t1"))
-    trace = make_event("$ai_trace", **{"$ai_trace_id": "t1", "lambda_request_id": "r1"})
-    ext.intake.frame(_frames.EVENTS, {"events": [trace]})
-    ext.intake.frame(_frames.END, {"request_id": "r1", "trace_id": "t1"})
-    ext.invoke(invoke("r1", 30))  # the trace is sent at the end of its invocation
-    assert [e.uuid for e in posthog.events] == [trace["uuid"]]
+    telemetry = Telemetry(ext.invocations, ext.intake.traces, {}, clock=clock or Clock())
+    telemetry.subscribed = True
+    ext.telemetry = telemetry
+    ext.intake.awaits_report = telemetry.awaits
+    return ext
+
+
+def test_a_trace_waits_for_its_report_and_carries_its_figures(tmp_path: Path, posthog: CaptureServer) -> None:
+    ext = held_extension(tmp_path, posthog)
+    first = traced_invocation(ext, "r1", "t1")
+    # Its span went at the end of the invocation; the trace waits for Lambda's report.
+    assert [e.name for e in posthog.events] == ["$ai_span"]
+    ext.telemetry.receive([report("r1", init=42.0)])  # type: ignore[union-attr]  # as r2 begins
+    traced_invocation(ext, "r2", "t2")
+    trace = next(e for e in posthog.events if e.uuid == first["uuid"])
+    assert trace.properties["lambda_billed_duration_ms"] == 100
+    assert trace.properties["lambda_init_duration_ms"] == 42.0
+    assert not [e for e in posthog.events if e.name == "$ai_metric"]
+    ext.sender.close()  # type: ignore[union-attr]
+
+
+def test_a_report_that_never_comes_holds_its_trace_two_invocations_and_a_second_at_most(
+    tmp_path: Path, posthog: CaptureServer
+) -> None:
+    clock = Clock()
+    ext = held_extension(tmp_path, posthog, clock)
+    first = traced_invocation(ext, "r1", "t1")
+    traced_invocation(ext, "r2", "t2")
+    traced_invocation(ext, "r3", "t3")
+    assert first["uuid"] not in {e.uuid for e in posthog.events}  # two INVOKEs, but not a second yet
+    clock.now += HOLD_S
+    traced_invocation(ext, "r4", "t4")  # it goes, without Lambda's figures
+    (trace,) = [e for e in posthog.events if e.uuid == first["uuid"]]
+    assert "lambda_billed_duration_ms" not in trace.properties
+    ext.sender.close()  # type: ignore[union-attr]
+
+
+def test_a_held_trace_is_not_counted_as_waiting_to_be_sent(tmp_path: Path, posthog: CaptureServer) -> None:
+    ext = held_extension(tmp_path, posthog)
+    traced_invocation(ext, "r1", "t1")
+    stats = ext.buffer.stats()
+    assert (len(ext.buffer), ext.buffer.held, stats.count, stats.oldest) == (1, 1, 0, None)
+    ext.sender.close()  # type: ignore[union-attr]
+
+
+def test_shutdown_waits_for_the_last_report_and_sends_its_trace_with_it(tmp_path: Path, posthog: CaptureServer) -> None:
+    ext = held_extension(tmp_path, posthog)
+    trace = traced_invocation(ext, "r1", "t1")
+    assert trace["uuid"] not in {e.uuid for e in posthog.events}
     late = threading.Timer(0.05, ext.telemetry.receive, args=([report("r1", init=42.0)],))  # type: ignore[union-attr]
     late.start()
     ext.shutdown({"eventType": "SHUTDOWN", "deadlineMs": int((time.time() + 2) * 1000)})
     late.join()
-    metrics = {e.properties["$ai_metric_name"]: e for e in posthog.events if e.name == "$ai_metric"}
-    assert metrics["lambda_init_duration_ms"].properties["$ai_metric_value"] == 42.0
-    assert metrics["lambda_billed_duration_ms"].properties["$ai_trace_id"] == "t1"
-    assert len(metrics) == 6
+    (sent,) = [e for e in posthog.events if e.uuid == trace["uuid"]]
+    assert sent.properties["lambda_init_duration_ms"] == 42.0
+    assert sent.properties["lambda_billed_duration_ms"] == 100
+    assert not [e for e in posthog.events if e.name == "$ai_metric"]
+
+
+def test_shutdown_sends_a_held_trace_whose_report_never_came(tmp_path: Path, posthog: CaptureServer) -> None:
+    ext = held_extension(tmp_path, posthog)
+    trace = traced_invocation(ext, "r1", "t1")
+    ext.shutdown({"eventType": "SHUTDOWN", "deadlineMs": int((time.time() + 1) * 1000)})
+    assert trace["uuid"] in {e.uuid for e in posthog.events}
 
 
 # -- Lambda Managed Instances ---------------------------------------------------------------
@@ -487,3 +569,31 @@ def test_on_managed_instances_timeouts_and_failures_are_handed_over_once() -> No
     assert woken.is_set()
     assert telemetry.take_failed() == [("r1", "timeout"), ("r3", "failure")]
     assert telemetry.take_failed() == []
+
+
+def subscribed_setup() -> tuple[Telemetry, Intake]:
+    telemetry, intake = setup()
+    telemetry.subscribed = True
+    intake.awaits_report = telemetry.awaits
+    return telemetry, intake
+
+
+def test_a_trace_read_before_its_invoke_still_waits_for_its_report() -> None:
+    telemetry, intake = subscribed_setup()
+    trace = buffered_trace(intake, "t1", lambda_request_id="r1")  # its frames came first
+    telemetry.invoked("r1")
+    assert intake.buffer.begin() == []  # held
+    telemetry.receive([report("r1")])
+    telemetry.apply(intake)
+    assert events_in(intake.buffer)[trace["uuid"]]["properties"]["lambda_billed_duration_ms"] == 100
+
+
+def test_a_report_that_comes_before_its_trace_waits_for_it() -> None:
+    telemetry, intake = subscribed_setup()
+    telemetry.invoked("r1")
+    telemetry.receive([report("r1")])
+    assert telemetry.apply(intake) == 0  # no trace yet: the report is kept
+    trace = buffered_trace(intake, "t1", lambda_request_id="r1")
+    assert intake.buffer.begin() == []  # held for the report that came
+    assert telemetry.apply(intake) == 1
+    assert events_in(intake.buffer)[trace["uuid"]]["properties"]["lambda_billed_duration_ms"] == 100

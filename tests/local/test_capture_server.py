@@ -651,6 +651,11 @@ def test_server_trace_tree_shows_what_was_received_once(server: CaptureServer) -
     assert server.trace_tree() == EXPECTED_TREE
 
 
+def test_trace_tree_shows_the_billed_time_lambda_reported_on_the_trace() -> None:
+    trace = _ai("$ai_trace", 0, **{"$ai_trace_id": "t", "$ai_span_name": "ask", "lambda_billed_duration_ms": 77})
+    assert render_trace_tree([trace]) == "trace ask  [t]  Lambda billed 77 ms"
+
+
 def test_trace_tree_edge_cases() -> None:
     assert render_trace_tree([]) == "(no $ai_* events received)"
     looping = [

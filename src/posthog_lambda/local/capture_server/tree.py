@@ -190,6 +190,10 @@ def _line(node: _Node, depth: int, totals: _Totals, trace: _Trace | None = None,
         parts.append(_sum_mark(tokens, bool(totals.summed & {"input_tokens", "output_tokens"})))
     if totals.cost is not None:
         parts.append(_sum_mark(_dollars(totals.cost), "cost" in totals.summed))
+    billed = _number(props.get("lambda_billed_duration_ms")) if trace is not None else None
+    if billed is not None:
+        # Lambda's figures, properties of the trace: the billed time says the most of them.
+        parts.append(f"Lambda billed {billed:g} ms")
     if props.get("$ai_is_error") in (True, "true", "True"):
         error = _text(props.get("$ai_error"))
         parts.append(f"ERROR: {error}" if error else "ERROR")
