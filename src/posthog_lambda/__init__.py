@@ -6,6 +6,8 @@ on every cold start. ``ContextExecutor``, ``Sink`` and ``Event`` load on first u
 
 from __future__ import annotations
 
+from posthog_lambda_contract.events import VERSION as __version__  # noqa: F401  (the package's version)
+
 from . import _restore
 from ._config import configure
 from ._context import carry_context
@@ -23,7 +25,6 @@ if TYPE_CHECKING:
     from ._executor import ContextExecutor
     from ._types import Event, Sink
 
-__version__ = "0.1.0"
 
 _restore.arm()  # on SnapStart, before anything can make an id
 

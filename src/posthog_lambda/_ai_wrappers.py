@@ -215,6 +215,8 @@ def _capture(
         props.pop("$process_person_profile", None)
     if event == "$ai_generation" and stream is not None:
         _add_first_token(props, stream, now)
+    if not _gateway_warned and props.get("$ai_base_url"):
+        _warn_if_gateway(props["$ai_base_url"])
 
     header = {DISTINCT_ID: who, ANONYMOUS: anonymous, GROUPS: all_groups}
     uuid, stamp = _uuid(event_uuid), _timestamp(timestamp)
@@ -224,6 +226,25 @@ def _capture(
     else:
         export_events([built])
     return built["uuid"]
+
+
+_gateway_warned = False
+
+
+def _warn_if_gateway(base_url: Any) -> None:
+    """Once per process: a wrapper pointed at PostHog's AI gateway, which records an
+    ``$ai_generation`` of its own for each call, so each is counted (and billed) twice. The
+    gateway's hosts are posthog-python's own list (loaded with its wrappers)."""
+    global _gateway_warned
+    gateway = sys.modules.get("posthog.ai.gateway")
+    is_gateway = getattr(gateway, "is_posthog_ai_gateway_url", None)
+    if is_gateway is not None and is_gateway(base_url):
+        _gateway_warned = True
+        logger.warning(
+            "a posthog-python wrapper calls PostHog's AI gateway (%s), which records its own $ai_generation: "
+            "each call is counted twice; point the provider client at the provider, or drop the wrapper",
+            base_url,
+        )
 
 
 def _join(event: str, props: dict[str, Any], running: Span, host: Trace, caller: FrameType | None) -> str:

@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 PRIVATE_PROPERTIES = ("$ai_input", "$ai_output_choices", "$ai_input_state", "$ai_output_state")
 """What privacy mode removes, from every event kind."""
 
+LIB = "posthog-lambda"
+"""``$ai_lib`` of every event this product makes (posthog-python's wrappers send ``posthog-ai``:
+their events keep it)."""
+VERSION = "0.1.0"
+"""The product's version (``posthog_lambda.__version__``, pyproject's): ``$ai_lib_version``."""
+
 _second: tuple[int, str] = (-1, "")
 
 
@@ -135,6 +141,9 @@ def make_event(
     if header.get(PRIVACY):
         for key in PRIVATE_PROPERTIES:
             props.pop(key, None)
+    if "$ai_lib" not in props:  # a posthog-python wrapper's event says which library made it
+        props["$ai_lib"] = LIB
+        props["$ai_lib_version"] = VERSION
     return {
         "event": kind,
         "distinct_id": header[DISTINCT_ID],

@@ -403,7 +403,10 @@ def expand(header: dict[str, Any], record: Sequence[Any]) -> Event:
         provider = _first(attributes, "gen_ai.provider.name", "gen_ai.system", "llm.vendor")
         if provider is not None:
             props["$ai_provider"] = str(provider).lower()
-        props.update(_tokens(attributes))
+        tokens = _tokens(attributes)
+        if tokens:
+            props.update(tokens)
+            props["$ai_tokens_source"] = "sdk"  # read from the provider's answer by the instrumentation
         parameters = {parameter: attributes[key] for parameter, key in _PARAMETERS if key in attributes}
         if parameters:
             props["$ai_model_parameters"] = to_jsonable(parameters)

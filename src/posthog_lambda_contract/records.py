@@ -98,6 +98,8 @@ def expand(header: dict[str, Any], record: Sequence[Any]) -> Event:
             library["$ai_output_state"] = _value(header, record[OUTPUT], mask & OUTPUT_MARSHALLED)
     if fields:
         library.update(fields)
+        if kind == "$ai_generation" and ("$ai_input_tokens" in fields or "$ai_output_tokens" in fields):
+            library.setdefault("$ai_tokens_source", "passthrough")  # the user's counts, not an SDK's
     return make_event(kind, header, library, user, end_us / 1e6)
 
 

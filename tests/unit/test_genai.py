@@ -93,6 +93,8 @@ def test_a_chat_span_in_the_current_conventions() -> None:
     assert (p["$ai_input_tokens"], p["$ai_output_tokens"]) == (12, 7)
     assert (p["$ai_cache_read_input_tokens"], p["$ai_cache_creation_input_tokens"]) == (4, 2)
     assert p["$ai_reasoning_tokens"] == 3
+    assert p["$ai_tokens_source"] == "sdk"  # the instrumentation read them from the provider's answer
+    assert (p["$ai_lib"], p["$ai_lib_version"]) == ("posthog-lambda", "0.1.0")
     assert p["$ai_model_parameters"] == {"temperature": 0.5, "max_tokens": 100}
     assert (p["$ai_temperature"], p["$ai_max_tokens"]) == (0.5, 100)
     assert p["$ai_stop_reason"] == "tool_calls"
