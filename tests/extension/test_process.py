@@ -87,10 +87,16 @@ class Run:
         )
         return self.process
 
+    def connect(self) -> socket.socket:
+        """A connection to the extension's socket, as a decorated handler's library makes during
+        Init (so the extension knows the function is traced when the first INVOKE comes)."""
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.settimeout(TIMEOUT)
+        client.connect(self.socket_path)
+        return client
+
     def send(self, *frames: bytes) -> None:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-            client.settimeout(TIMEOUT)
-            client.connect(self.socket_path)
+        with self.connect() as client:
             client.sendall(b"".join(frames))
 
     def finish(self) -> tuple[int, str]:
@@ -143,8 +149,11 @@ def test_register_invoke_shutdown(run: Run) -> None:
     fields = Path(f"/proc/{run.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
     assert int(fields[16]) == os.getpriority(os.PRIO_PROCESS, 0) + NICENESS
     sent = [make_event("$ai_generation"), make_event("$ai_span"), make_event("$ai_trace")]
-    run.api.invoke("req-1")
-    run.send(start("req-1"), events(*sent), end("req-1"))
+    # Connected before the INVOKE, as in Init: connecting only after it raced the extension's
+    # look at whether the function is traced (not yet: it stopped waiting for END at once).
+    with run.connect() as client:
+        run.api.invoke("req-1")
+        client.sendall(start("req-1") + events(*sent) + end("req-1"))
     run.api.wait_next(2)
     # end mode: flushed before calling next, so it is all there already
     assert sorted(str(e.uuid) for e in run.posthog.events) == sorted(e["uuid"] for e in sent)
