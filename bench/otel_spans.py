@@ -187,23 +187,17 @@ def contenders(socket_path: str, sink_port: str, otlp_port: str) -> dict[str, Ca
 
         return invocation
 
+    def traced(provider: TracerProvider) -> Callable[[], None]:
+        """``plain``'s invocation as a ``@posthog_traced`` handler."""
+        run = plain(provider)
+        handler = posthog_traced(name="handler", capture_input=False, capture_output=False)(
+            lambda event, context: run()
+        )
+        return lambda: handler({}, None)
+
     none = TracerProvider()
     ours = TracerProvider()
     ours.add_span_processor(PostHogLambdaSpanProcessor())
-    ours_tracer = ours.get_tracer("bench")
-
-    @posthog_traced(name="handler", capture_input=False, capture_output=False)
-    def traced(event: Any, context: Any) -> None:
-        handle(ours_tracer)
-        ours.force_flush()
-
-    bare = TracerProvider()
-    bare_tracer = bare.get_tracer("bench")
-
-    @posthog_traced(name="handler", capture_input=False, capture_output=False)
-    def decorated(event: Any, context: Any) -> None:
-        handle(bare_tracer)
-        bare.force_flush()
 
     over_otlp = TracerProvider()
     over_otlp.add_span_processor(
@@ -217,8 +211,8 @@ def contenders(socket_path: str, sink_port: str, otlp_port: str) -> dict[str, Ca
     )
     return {
         "none": plain(none),
-        DECORATOR: lambda: decorated({}, None),
-        "posthog-lambda": lambda: traced({}, None),
+        DECORATOR: traced(TracerProvider()),
+        "posthog-lambda": traced(ours),
         "posthog-lambda OTLP": plain(over_otlp),
         "PostHogSpanProcessor": plain(posthog_python),
         "BatchSpanProcessor + OTLP": plain(collector),

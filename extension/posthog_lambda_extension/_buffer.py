@@ -178,14 +178,15 @@ class Buffer:
         with self._lock:
             if not self._held:
                 return 0
-            entries = self._entries.values() if uuid is None else [e for e in (self._entries.get(uuid),) if e]
-            released = 0
-            for entry in entries:
-                if entry.held:
-                    entry.held = False
-                    released += 1
-            self._held -= released
-            return released
+            if uuid is None:
+                held = [e for e in self._entries.values() if e.held]
+            else:
+                entry = self._entries.get(uuid)
+                held = [entry] if entry is not None and entry.held else []
+            for entry in held:
+                entry.held = False
+            self._held -= len(held)
+            return len(held)
 
     @property
     def held(self) -> int:

@@ -39,9 +39,6 @@ HANDLER_BATCHES_KEPT = 256
 """How many batches of handlers' spans ``handlers`` keeps (the latest)."""
 HANDLER_SPANS_KEPT = 512
 """How many spans of one batch it keeps."""
-OTEL_SPAN = "otel"
-"""``genai.SPAN``, without loading ``genai`` until an OpenTelemetry span comes: the kind of
-record that is not a handler's span."""
 
 
 def trace_max_event_bytes(header: dict[str, Any]) -> int:
@@ -152,7 +149,7 @@ class Intake:
             except (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError) as exc:
                 self.drops.add("events_invalid", 1, f"a span record that cannot be read: {exc!r:.200}")
                 continue
-            if handlers is not None and record[records.KIND] != OTEL_SPAN and len(times) < HANDLER_SPANS_KEPT:
+            if handlers is not None and record[records.KIND] != records.OTEL_SPAN and len(times) < HANDLER_SPANS_KEPT:
                 props = event["properties"]
                 end_us = record[records.END_US]
                 span_id = props.get("$ai_span_id") or props.get("$ai_trace_id")

@@ -29,12 +29,12 @@ from posthog_lambda_contract.genai import RECORDS_INPUT, RECORDS_OUTPUT, SPAN, i
 from posthog_lambda_contract.jsonable import DEFAULT_REDACT_KEYS, redact_key_set
 from posthog_lambda_contract.limits import BATCH_EVENT_LIMIT, clamp
 
-from ._intake import HANDLER_BATCHES_KEPT, HANDLER_SPANS_KEPT
+from ._intake import HANDLER_BATCHES_KEPT
 from ._otlp_decode import decode_json, decode_protobuf
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Mapping
     from typing import Any
 
     from ._otlp_decode import Span
@@ -144,13 +144,6 @@ class Otlp:
         if overflow:
             self._hand_on(overflow)
         return 0
-
-    # -- from the intake: the handlers' traces ------------------------------------------------
-
-    def note(self, header: dict[str, Any], spans: Sequence[tuple[int, int, str]]) -> None:
-        """A batch of a handler's spans (start, end in Unix µs, span id; the trace id for its
-        ``$ai_trace``) with their trace's header, as the intake keeps them."""
-        self._handlers.append((header, list(spans[:HANDLER_SPANS_KEPT])))
 
     # -- at a flush -----------------------------------------------------------------------------
 

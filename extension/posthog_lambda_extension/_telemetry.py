@@ -174,7 +174,8 @@ class Telemetry:
         come when it was, when on the clock)."""
         self._invoked = 0
         self._reported: dict[str, None] = {}
-        """Request ids whose report came (Managed Instances, where no INVOKE says one will)."""
+        """Request ids whose report came: an ``$ai_trace`` of any other invocation waits for its
+        own (``awaits``)."""
         self._unmatched: dict[str, dict[str, Any]] = {}
         """Request id -> its report, come before its trace (or for an untraced invocation)."""
         self.restore_seen: Callable[[str], object] | None = None
@@ -376,13 +377,12 @@ class Telemetry:
         """Held traces not to wait for any longer: all of them when ``force`` (SHUTDOWN); on-demand
         those held ``HOLD_INVOKES`` INVOKEs and ``HOLD_S`` ago or more; on Managed Instances, where
         reports come as invocations end, those held ``MANAGED_HOLD_S``."""
+        now = self._clock()
         with self._arrived:
             if force:
                 return list(self._held)
             if self.managed:
-                now = self._clock()
                 return [rid for rid, (_, _, at) in self._held.items() if now - at >= MANAGED_HOLD_S]
-            now = self._clock()
             return [
                 rid
                 for rid, (_, seen, at) in self._held.items()

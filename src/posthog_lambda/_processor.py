@@ -220,24 +220,23 @@ def begin(trace: Trace, detached: bool) -> Batch:
 
 def export_events(events: list[Event]) -> None:
     """Events of no running trace, sent at once. Never raises."""
-    try:
-        if events:
-            from ._destination import exporter
-
-            exporter().export(None, events)
-    except Exception as exc:
-        record_drop("sink_error", len(events), f"{type(exc).__name__}: {exc}")
+    if events:
+        _export_now(None, events)
 
 
 def export_records(header: dict[str, Any], records: list[Record]) -> None:
     """Records of a trace that runs elsewhere (an OpenTelemetry span of no handler's trace),
     made with ``header``, sent at once. Never raises."""
+    _export_now(header, records)
+
+
+def _export_now(header: dict[str, Any] | None, items: Sequence[Any]) -> None:
     try:
         from ._destination import exporter
 
-        exporter().export(header, records)
+        exporter().export(header, items)
     except Exception as exc:
-        record_drop("sink_error", len(records), f"{type(exc).__name__}: {exc}")
+        record_drop("sink_error", len(items), f"{type(exc).__name__}: {exc}")
 
 
 # -- the ticker: hand-offs while a handler is blocked -------------------------------------------

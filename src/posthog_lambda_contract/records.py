@@ -38,6 +38,9 @@ INPUT_MARSHALLED = 4
 """With HAS_INPUT: the input is the bytes ``jsonable.captured`` marshalled, turned into JSON-safe,
 redacted data (the header's ``REDACT``) when the record is expanded."""
 OUTPUT_MARSHALLED = 8
+OTEL_SPAN = "otel"
+"""The kind of an OpenTelemetry span's record (``genai.SPAN``, which cannot import this module:
+it is imported by it), expanded by ``genai``; what a reader tells from a handler's span."""
 RUNNING = -1
 """LATENCY_NS of a span announced while it runs (START, OPEN): its END_US is when it started."""
 
@@ -63,7 +66,7 @@ def expand(header: dict[str, Any], record: Sequence[Any]) -> Event:
     """The event ``record`` stands for. Precedence, lowest first: the trace's shared properties,
     the span's custom properties, what the library sets (a user's property never overwrites a
     ``$ai_*`` field). Raises KeyError, IndexError, TypeError or ValueError for a malformed one."""
-    if record[KIND] == "otel":  # genai.SPAN: an OpenTelemetry span's record, loaded when one comes
+    if record[KIND] == OTEL_SPAN:  # genai's module loads when the first such record comes
         from . import genai
 
         return genai.expand(header, record)

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import socket
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from opentelemetry.trace import Status, StatusCode
 from posthog_lambda_contract import records
 from posthog_lambda_contract.events import DISTINCT_ID, PRIVACY, TRACE_ID
 from posthog_lambda_extension._drops import Drops
+from posthog_lambda_extension._intake import HANDLER_BATCHES_KEPT
 from posthog_lambda_extension._otlp import Otlp
 from posthog_lambda_extension._otlp_decode import OtlpError, decode_json, decode_protobuf
 from posthog_lambda_extension._otlp_server import MAX_BODY, OtlpServer
@@ -65,8 +67,14 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def otlp(handed: Handed, clock: Clock) -> Otlp:
-    return Otlp(handed, environ={}, clock=clock)
+def handlers() -> deque[tuple[dict[str, Any], list[tuple[int, int, str]]]]:
+    """The intake's batches of handlers' spans, as it keeps them when OTLP is taken."""
+    return deque(maxlen=HANDLER_BATCHES_KEPT)
+
+
+@pytest.fixture
+def otlp(handed: Handed, clock: Clock, handlers: deque[Any]) -> Otlp:
+    return Otlp(handed, handlers, environ={}, clock=clock)
 
 
 @pytest.fixture
@@ -297,15 +305,14 @@ def test_a_child_sent_before_its_parent_is_nested_under_it_at_the_flush(otlp: Ot
     assert by_name["chat"]["$ai_parent_id"] == by_name["planner"]["$ai_span_id"]
 
 
-def test_a_span_joins_the_innermost_handler_span_it_ran_in(otlp: Otlp, handed: Handed) -> None:
+def test_a_span_joins_the_innermost_handler_span_it_ran_in(otlp: Otlp, handed: Handed, handlers: deque[Any]) -> None:
     (chat,) = finished(("chat", CHAT))
     start_us, end_us = chat.start_time // 1000, chat.end_time // 1000
     host = {TRACE_ID: "handler-trace", DISTINCT_ID: "user-1", PRIVACY: True}
-    otlp.note(
-        host,
-        [(start_us - 5_000, end_us + 5_000, "span-outer"), (start_us - 1_000, end_us + 1_000, "span-inner")],
+    handlers.append(
+        (host, [(start_us - 5_000, end_us + 5_000, "span-outer"), (start_us - 1_000, end_us + 1_000, "span-inner")])
     )
-    otlp.note({TRACE_ID: "another", DISTINCT_ID: "x"}, [(end_us + 10, end_us + 20, "later")])
+    handlers.append(({TRACE_ID: "another", DISTINCT_ID: "x"}, [(end_us + 10, end_us + 20, "later")]))
     otlp.receive(protobuf([chat]), "application/x-protobuf")
     otlp.release()
     ((header, _),) = handed.calls

@@ -326,7 +326,5 @@ def test_hostile_content_is_kept_as_text_not_a_crash() -> None:
     assert "$ai_input_tokens" not in p
 
 
-def test_the_extensions_intake_knows_the_kind_without_loading_the_module() -> None:
-    from posthog_lambda_extension import _intake
-
-    assert _intake.OTEL_SPAN == genai.SPAN
+def test_records_knows_the_kind_without_loading_the_module() -> None:
+    assert records.OTEL_SPAN == genai.SPAN

@@ -184,18 +184,28 @@ def test_it_composes_with_the_apps_other_processors(events: list[Any]) -> None:
     assert [e["event"] for e in events] == ["$ai_generation"]
 
 
-def test_on_snapstart_random_is_reseeded_after_each_restore(monkeypatch: pytest.MonkeyPatch) -> None:
-    import random
+@pytest.fixture
+def registered(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What is registered with the runtime's after-restore hooks (a stand-in for
+    ``snapshot_restore_py``), in a process that has registered nothing yet."""
     import sys
     import types
 
     from posthog_lambda import otel
 
-    registered: list[Any] = []
-    hooks = types.ModuleType("snapshot_restore_py")
-    hooks.register_after_restore = registered.append  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "snapshot_restore_py", hooks)
+    hooks: list[Any] = []
+    module = types.ModuleType("snapshot_restore_py")
+    module.register_after_restore = hooks.append  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "snapshot_restore_py", module)
     monkeypatch.setattr(otel, "_reseeding", False)
+    return hooks
+
+
+def test_on_snapstart_random_is_reseeded_after_each_restore(
+    registered: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import random
+
     monkeypatch.setenv("AWS_LAMBDA_INITIALIZATION_TYPE", "snap-start")
     PostHogLambdaSpanProcessor()
     PostHogLambdaSpanProcessor()
@@ -207,17 +217,7 @@ def test_on_snapstart_random_is_reseeded_after_each_restore(monkeypatch: pytest.
     assert random.getrandbits(64) != copied
 
 
-def test_elsewhere_nothing_is_registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-    import types
-
-    from posthog_lambda import otel
-
-    registered: list[Any] = []
-    hooks = types.ModuleType("snapshot_restore_py")
-    hooks.register_after_restore = registered.append  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "snapshot_restore_py", hooks)
-    monkeypatch.setattr(otel, "_reseeding", False)
+def test_elsewhere_nothing_is_registered(registered: list[Any]) -> None:
     PostHogLambdaSpanProcessor()
     assert registered == []
 
