@@ -27,6 +27,7 @@ ORDER = (
     "cpu_share",
     "otel_spans",
     "event_economy",
+    "propagation",
     "layer_size",
     "emulator",
     "make_bench",

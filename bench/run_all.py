@@ -32,6 +32,7 @@ SCRIPTS: list[tuple[str, list[str]]] = [
     ("cpu_share.py", ["--invocations", "20", "--cold", "2"]),
     ("otel_spans.py", ["--rounds", "3", "--invocations", "10"]),
     ("event_economy.py", ["--invocations", "4"]),
+    ("propagation.py", ["--rounds", "3", "--batch", "300"]),
 ]
 """Each script, and its ``--quick`` arguments."""
 BUDGET_S = 600.0

@@ -36,6 +36,70 @@ class LambdaContext:
         return 3000
 
 
+class W3CContext(LambdaContext):
+    """A context whose ``w3c()`` (awslambdaric 4.2 and later) gives ``fields``."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        super().__init__()
+        self._fields = fields
+
+    def w3c(self) -> dict[str, Any]:
+        return dict(self._fields)
+
+
+def message_attributes(carrier: dict[str, Any]) -> dict[str, Any]:
+    """A carrier as SQS or SNS message attributes, as boto3 sends them."""
+    return {name: {"DataType": "String", "StringValue": value} for name, value in carrier.items()}
+
+
+def sqs_record(attributes: dict[str, Any], body: str = "job") -> dict[str, Any]:
+    """A message sent with ``attributes`` (boto3's form) as it reaches a function in an SQS event."""
+    return {
+        "messageId": "059f36b4-87a3-44ab-83d2-661975830a7d",
+        "receiptHandle": "AQEBwJnKyrHigUMZj6rYigCgxlaS3SLy0a",
+        "body": body,
+        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1545082649183"},
+        "messageAttributes": {
+            name: {
+                "stringValue": value["StringValue"],
+                "stringListValues": [],
+                "binaryListValues": [],
+                "dataType": value["DataType"],
+            }
+            for name, value in attributes.items()
+        },
+        "md5OfBody": "e4e68fb7bd0e697a0ae8f1bb342846b3",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:eu-west-1:123456789012:jobs",
+        "awsRegion": "eu-west-1",
+    }
+
+
+def sns_message(attributes: dict[str, Any], body: str = "job") -> dict[str, Any]:
+    """A message published with ``attributes`` (boto3's form) as SNS delivers it."""
+    return {
+        "Type": "Notification",
+        "MessageId": "95df01b4-ee98-5cb9-9903-4c221d41eb5e",
+        "TopicArn": "arn:aws:sns:eu-west-1:123456789012:jobs",
+        "Subject": None,
+        "Message": body,
+        "Timestamp": "2026-11-27T12:00:00.000Z",
+        "MessageAttributes": {
+            name: {"Type": value["DataType"], "Value": value["StringValue"]} for name, value in attributes.items()
+        },
+    }
+
+
+def sns_record(attributes: dict[str, Any]) -> dict[str, Any]:
+    """An SNS event's record of that message."""
+    return {
+        "EventSource": "aws:sns",
+        "EventVersion": "1.0",
+        "EventSubscriptionArn": "arn:aws:sns:eu-west-1:123456789012:jobs:sub",
+        "Sns": sns_message(attributes),
+    }
+
+
 def by_kind(events: list[Any], kind: str) -> list[Any]:
     return [e for e in events if e["event"] == kind]
 

@@ -19,7 +19,7 @@ from collections import deque
 from posthog_lambda_contract import frames, limits, records
 from posthog_lambda_contract.events import MAX_EVENT_BYTES
 from posthog_lambda_contract.frames import END, SNAPSHOT
-from posthog_lambda_contract.schema import LAMBDA_RESTORED
+from posthog_lambda_contract.schema import LAMBDA_RESTORED, is_root
 
 from . import _log
 from ._traces import Traces
@@ -169,7 +169,8 @@ class Intake:
             self.drops.add(self.discard, 1, log=False)
             return
         name: str = event["event"]
-        if self.restored and name == "$ai_trace":
+        root = is_root(event)
+        if self.restored and root:
             event.setdefault("properties", {})[LAMBDA_RESTORED] = True
         if self.traces.late(event):
             detail = (
@@ -186,5 +187,5 @@ class Intake:
         if self.buffer.add(event["uuid"], name, data):
             self.accepted += 1
             self.traces.event(event)
-            if name == "$ai_trace" and self.awaits_report is not None:
+            if root and self.awaits_report is not None:
                 self._hold(event)

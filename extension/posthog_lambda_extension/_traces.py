@@ -20,6 +20,7 @@ import threading
 
 from posthog_lambda_contract import records
 from posthog_lambda_contract.events import header_of
+from posthog_lambda_contract.schema import is_root
 
 from ._invocations import forget_oldest
 
@@ -75,7 +76,7 @@ class Traces:
         self._announced: dict[str, Announced] = {}
         self._buffered: dict[str, BufferedTrace] = {}
         self._cut: dict[str, set[str]] = {}
-        """trace id -> ids of its spans sent cut short (the trace's own id for its root)."""
+        """trace id -> ids of its spans sent cut short, its root (the invocation) among them."""
 
     def start(self, payload: Mapping[str, Any]) -> None:
         """A START frame (its shape checked by ``frames``)."""
@@ -120,7 +121,7 @@ class Traces:
         if not isinstance(trace_id, str):
             return
         with self._lock:
-            if event.get("event") != "$ai_trace":
+            if not is_root(event):
                 if self._announced:
                     announced = self._announced.get(self._requests.get(trace_id, ""))
                     span_id = properties.get("$ai_span_id")
@@ -154,7 +155,9 @@ class Traces:
     def cut(self, announced: Announced) -> None:
         """``announced``'s trace was sent cut short: its spans that arrive from now on are late."""
         with self._lock:
-            self._cut[announced.trace_id] = {announced.trace_id, *announced.open}
+            # The root's own id: the trace's, or a span's where the trace is another function's.
+            root_id = _span_id(announced.root) or announced.trace_id
+            self._cut[announced.trace_id] = {root_id, *announced.open}
             forget_oldest(self._cut)
 
     def overdue(self, before_ms: int) -> list[str]:

@@ -1,7 +1,7 @@
 """PostHog LLM analytics for AWS Lambda: traces, spans, generations, tokens and cost.
 
 Importing this package imports only the standard library, and only its cheap parts: it runs
-on every cold start. ``ContextExecutor``, ``Sink`` and ``Event`` load on first use.
+on every cold start. ``ContextExecutor``, ``Sink``, ``Event`` and ``inject`` load on first use.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._executor import ContextExecutor
+    from ._propagation import inject
     from ._types import Event, Sink
 
 
@@ -44,12 +45,13 @@ __all__ = [
     "dropped_counts",
     "embedding",
     "generation",
+    "inject",
     "posthog_client",
     "posthog_traced",
     "span",
 ]
 
-_LAZY = {"ContextExecutor": "._executor", "Event": "._types", "Sink": "._types"}
+_LAZY = {"ContextExecutor": "._executor", "Event": "._types", "Sink": "._types", "inject": "._propagation"}
 
 
 def posthog_client() -> Any:

@@ -539,19 +539,22 @@ class Embedding(Generation):
 
 
 class TraceSpan(Span):
-    """The root of a handler's trace: emitted as ``$ai_trace``; its id is the trace id."""
+    """The root of a handler's invocation: emitted as ``$ai_trace``, its id the trace id; or, in a
+    trace continued from another function, with ``parent`` (the span it nests under, or the trace
+    id for a top-level one): a span of its own id, which the record's parent makes an ``$ai_span``
+    (``records.expand``) while everything that treats an invocation's root alike still can."""
 
     kind: ClassVar[str] = "$ai_trace"
     default_name: ClassVar[str] = "trace"
     __slots__ = ("lambda_properties",)
 
-    def __init__(self, name: str, trace: Trace, event: Any) -> None:
+    def __init__(self, name: str, trace: Trace, event: Any, parent: str | None = None) -> None:
         super().__init__(name, event)
         self.lambda_properties: dict[str, Any] | None = None
         self._trace = trace
-        self._id = trace.trace_id
+        self._id = _ids.uuid4() if parent else trace.trace_id
         self._owns_trace = True
-        self.parent_id = ""
+        self.parent_id = parent or ""
 
     def __exit__(
         self,

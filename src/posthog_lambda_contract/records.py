@@ -16,6 +16,7 @@ from __future__ import annotations
 from . import ids
 from .events import TRACE_ID, make_event, redact_set
 from .jsonable import unmarshalled
+from .schema import LAMBDA_ROOT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -75,6 +76,10 @@ def expand(header: dict[str, Any], record: Sequence[Any]) -> Event:
         raise TypeError(f"not a span record: {record!r:.80}")
     trace_id: str = header[TRACE_ID]
     library: dict[str, Any] = {"$ai_trace_id": trace_id}
+    if kind == "$ai_trace" and parent:
+        # The root of an invocation that continues another function's trace: a span of it.
+        kind = "$ai_span"
+        library[LAMBDA_ROOT] = True
     if kind != "$ai_trace":
         span_id = span_id or ids.uuid4()
         library["$ai_span_id"] = span_id

@@ -44,6 +44,28 @@ than ``success`` (``platform.restoreRuntimeDone`` or ``platform.restoreReport``'
 Lambda spells it: ``error``, ``failure``, ``timeout``). Set by the extension."""
 
 
+# -- A trace continued from another function ---------------------------------------------------
+
+LAMBDA_ROOT = "lambda_root"
+"""``true`` on the ``$ai_span`` that stands for an invocation in a trace another function began
+(``posthog_lambda.inject`` and the handler's carrier): there the invocation is a span under the
+sender's, not a trace, and this says which span is the invocation's root, for PostHog users and
+for the extension, which gives it what an ``$ai_trace`` gets (Lambda's figures, a restore, a
+timeout). Absent elsewhere: an ``$ai_trace`` is always an invocation's root."""
+
+
+def is_root(event: dict[str, Any]) -> bool:
+    """Whether ``event`` stands for a whole invocation: an ``$ai_trace``, or the ``$ai_span`` of
+    one that continues another function's trace (``LAMBDA_ROOT``)."""
+    name = event.get("event")
+    if name == "$ai_trace":
+        return True
+    if name != "$ai_span":
+        return False
+    properties = event.get("properties")
+    return isinstance(properties, dict) and properties.get(LAMBDA_ROOT) is True
+
+
 def __getattr__(name: str) -> object:
     if name != "Event":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -296,3 +296,47 @@ def test_shutdown_sends_what_the_background_had_not_sent(managed: Deployment) ->
     assert [e.killed for e in result.extensions] == [False]
     traces = traces_of(posthog.events)
     assert sorted(check_trace(events, failed=False) for events in traces.values()) == list(range(20))
+
+
+SENDER_TRACE = "01938f2e-7c4a-7d2b-9a51-3f0c2d1e4b5a"
+SENDER_SPAN = "5f7e9a2c-1b3d-4e6f-8a9b-0c1d2e3f4a5b"
+CARRIER = {
+    "traceparent": "00-01938f2e7c4a7d2b9a513f0c2d1e4b5a-5f7e9a2c1b3d4e6f-01",
+    "baggage": f"posthog.trace_id={SENDER_TRACE},posthog.span_id={SENDER_SPAN},posthog.distinct_id=user-9",
+}
+
+
+def test_a_timed_out_invocation_of_a_continued_trace_is_its_root_span_cut_short_once(managed: Deployment) -> None:
+    # Continuing another function's trace, the invocation is an $ai_span (lambda_root): cut short
+    # at the timeout like an $ai_trace, and what the hung handler sends later is late, dropped.
+    posthog = managed.posthog
+    with managed.managed_instances(concurrency=2, timeout_s=1.0) as env:
+        assert env.init().error is None
+        assert env.wait_for_workers(2)
+        late = env.invoke({"n": 0, "how": "hang", "hang": 1.5, "_posthog": CARRIER})
+        posthog.wait_for_events(1, timeout=10, predicate=lambda e: e.properties.get("lambda_root") is True)
+        wait_for(lambda: any("ended after its invocation timed out" in line for line in env.logs), 10)
+        again = env.invoke({"n": 1, "_posthog": CARRIER})
+        posthog.wait_for_events(2, timeout=10, predicate=lambda e: e.properties.get("lambda_root") is True)
+        env.shutdown()
+    assert late.status == "timeout"
+    assert again.status == "success"
+    events = posthog.events
+    assert {e.properties["$ai_trace_id"] for e in events if e.name != "posthog_lambda_dropped"} == {SENDER_TRACE}
+    assert not [e for e in events if e.name == "$ai_trace"]
+    roots = [e for e in events if e.properties.get("lambda_root") is True]
+    assert len(roots) == 2
+    cut = next(e for e in roots if e.properties.get("lambda_status") == "timeout")
+    assert cut.name == "$ai_span"
+    assert cut.properties["$ai_parent_id"] == SENDER_SPAN
+    assert "within its 1 s timeout" in cut.properties["$ai_error"]
+    assert cut.distinct_id == "user-0"  # the handler's own distinct_id= wins over the carrier's
+    names = Counter(e.properties.get("$ai_span_name") for e in events if e.name != "posthog_lambda_dropped")
+    spans = [f"step-{n}-{step}" for n in (0, 1) for step in range(3)]
+    assert names == Counter(["agent", "agent", "answer-0", "answer-1", *spans])  # each once
+    assert posthog.duplicates == 0
+    assert trace_tree_problems([e.event for e in events if e.name != "posthog_lambda_dropped"]) == [
+        # The sender's span is not among these events: it is another function's.
+        f"$ai_span 'agent' points at parent {SENDER_SPAN}, not in trace {SENDER_TRACE}",
+        f"$ai_span 'agent' points at parent {SENDER_SPAN}, not in trace {SENDER_TRACE}",
+    ]

@@ -97,7 +97,7 @@ def test_lazy_public_names_resolve() -> None:
     code = (
         "import posthog_lambda as pl\n"
         "from posthog_lambda._sinks import MemorySink\n"
-        "print(isinstance(MemorySink(), pl.Sink), pl.ContextExecutor.__name__, pl.Event.__name__)\n"
+        "print(isinstance(MemorySink(), pl.Sink), pl.ContextExecutor.__name__, pl.Event.__name__, pl.inject.__name__)\n"
         "print(sorted(set(pl.__all__) - set(dir(pl))))\n"
     )
-    assert run(code).stdout.split("\n")[:2] == ["True ContextExecutor Event", "[]"]
+    assert run(code).stdout.split("\n")[:2] == ["True ContextExecutor Event inject", "[]"]

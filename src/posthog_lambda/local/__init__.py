@@ -3,10 +3,12 @@
 ``LambdaEnvironment`` is a faithful local Lambda execution environment (the real runtime
 interface client, real extension processes, the real lifecycle including freezing, or with
 ``lifecycle="lambda-managed-instances"`` that of Lambda Managed Instances: concurrent
-invocations, never frozen); ``CaptureServer`` is a local PostHog capture endpoint. Neither is imported by
-``import posthog_lambda``: they are for development and tests. Names load on first use, from
-the two packages that hold them: ``emulator`` (the Lambda environment) and ``capture_server``;
-``cli`` is the command line of both.
+invocations, never frozen); ``InvokeApi`` serves Lambda's Invoke API in front of such
+environments (for boto3's ``lambda`` client, a function's among them); ``CaptureServer`` is a
+local PostHog capture endpoint. None of them is imported by ``import posthog_lambda``: they are
+for development and tests. Names load on first use, from the two packages that hold them:
+``emulator`` (the Lambda environment and its Invoke API) and ``capture_server``; ``cli`` is the
+command line of both.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
         ExtensionInit,
         ExtensionShutdown,
         InitResult,
+        InvokeApi,
         InvokeResult,
         LambdaEnvironment,
         SandboxError,
@@ -29,6 +32,7 @@ __all__ = [
     "ExtensionInit",
     "ExtensionShutdown",
     "InitResult",
+    "InvokeApi",
     "InvokeResult",
     "LambdaEnvironment",
     "SandboxError",

@@ -13,6 +13,8 @@
 - ``extensions``: the Extensions API, also served on its own (:class:`ExtensionsApi`) as a
   stand-in for Lambda in front of an extension a test or benchmark starts itself;
 - ``telemetry``: the Telemetry API's delivery to subscribers;
+- ``invoke_api``: Lambda's Invoke API (:class:`InvokeApi`) in front of environments, for boto3's
+  ``lambda`` client (a function's among them) to invoke them by name;
 - ``sandbox``: each process's view of the file system (``/opt``, ``/tmp``), its user, its
   environment and signals;
 - ``cpu``: Lambda's CPU share for the memory size (``cpu_share=True``), a CFS quota on a cgroup
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from .behaviour import BEHAVIOURS
 from .extensions import ExtensionsApi, ExtensionState
+from .invoke_api import InvokeApi
 from .lifecycle import LIFECYCLES, TELEMETRY_MODES, LambdaEnvironment
 from .managed import ManagedInstancesEnvironment
 from .results import ExtensionInit, ExtensionShutdown, InitResult, InvokeResult, RestoreResult, ShutdownResult
@@ -38,6 +41,7 @@ __all__ = [
     "ExtensionState",
     "ExtensionsApi",
     "InitResult",
+    "InvokeApi",
     "InvokeResult",
     "LambdaEnvironment",
     "ManagedInstancesEnvironment",

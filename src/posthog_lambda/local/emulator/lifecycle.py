@@ -8,7 +8,10 @@ before the runtime starts; Init ends when everyone waits in ``next``; INVOKE rea
 before the runtime gets the event; the invocation ends when the runtime and every extension are
 back in ``next``; then every process is frozen with SIGSTOP until the next invoke or shutdown. A
 timeout, a runtime crash or an extension that exits resets the environment (SHUTDOWN with
-reason ``timeout``/``failure``, a new Init on the next invoke).
+reason ``timeout``/``failure``, a new Init on the next invoke). An invocation's client context
+(``invoke(..., client_context=...)``) goes to the runtime as Lambda sends it, as compact JSON in
+``next``'s ``Lambda-Runtime-Client-Context`` header; ``invoke_api`` serves Lambda's Invoke API in
+front of environments, so that a function can invoke another with boto3.
 
 That is the ``on-demand`` lifecycle (also what provisioned concurrency does once initialized).
 ``LambdaEnvironment(..., lifecycle="lambda-managed-instances")`` is the other one Python
@@ -45,6 +48,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar, cast
 
@@ -65,7 +69,7 @@ from .telemetry import Telemetry, validate
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Sequence
     from types import TracebackType
     from typing import Any, Self
 
@@ -82,6 +86,8 @@ LIFECYCLES = (ON_DEMAND, MANAGED_INSTANCES, SNAP_START)
 """``lifecycle=``: one invocation at a time, frozen in between; Lambda Managed Instances; or
 SnapStart (on-demand's, each environment restored from one snapshot of one Init)."""
 DEFAULT_MAX_CONCURRENCY = 4
+CLIENT_CONTEXT_HEADER = "Lambda-Runtime-Client-Context"
+"""The Runtime API's header that carries an invocation's client context to the runtime."""
 TELEMETRY_MODES = ("on", "refused", "unreachable")
 """``telemetry_api=``: subscriptions work; are refused (400, as where the API is missing, e.g.
 ``sam local``); or are accepted but nothing is ever delivered to the listener."""
@@ -89,6 +95,19 @@ TELEMETRY_MODES = ("on", "refused", "unreachable")
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
+
+
+def client_context_headers(client_context: Mapping[str, Any] | None) -> dict[str, str]:
+    """The header an invocation with ``client_context`` has in ``next``'s answer, as Lambda
+    gives it to the runtime: the object as compact JSON (awslambdaric makes
+    ``context.client_context`` of it, and ``context.w3c()`` of its ``"w3c"`` key); none without
+    one. Raises TypeError for what is not a JSON object, before anything is handed out."""
+    if client_context is None:
+        return {}
+    if not isinstance(client_context, Mapping):
+        raise TypeError(f"client_context={client_context!r}: a mapping (a JSON object), or None")
+    # ASCII only (json's escapes for the rest): header values are written as Latin-1.
+    return {CLIENT_CONTEXT_HEADER: json.dumps(dict(client_context), separators=(",", ":"))}
 
 
 class LambdaEnvironment:
@@ -476,9 +495,15 @@ class LambdaEnvironment:
 
     # -- Invoke -------------------------------------------------------------------------------
 
-    def invoke(self, event: Any = None, *, timeout_s: float | None = None) -> InvokeResult:
+    def invoke(
+        self, event: Any = None, *, timeout_s: float | None = None, client_context: Mapping[str, Any] | None = None
+    ) -> InvokeResult:
         """Invoke the function with ``event`` (JSON-serializable) and wait until the
-        invocation has ended (runtime and extensions back in ``next``)."""
+        invocation has ended (runtime and extensions back in ``next``). ``client_context``, a
+        JSON object, reaches the handler as ``context.client_context`` (its ``custom``, ``env``
+        and ``client``), as one passed to Lambda's Invoke does; a ``"w3c"`` key in it is
+        awslambdaric's (4.2 and later) ``context.w3c()`` instead."""
+        context_headers = client_context_headers(client_context)
         init: InitResult | None = None
         restore: RestoreResult | None = None
         request_id = str(uuid.uuid4())
@@ -520,6 +545,7 @@ class LambdaEnvironment:
             "Lambda-Runtime-Deadline-Ms": str(deadline_ms),
             "Lambda-Runtime-Invoked-Function-Arn": arn,
             "Lambda-Runtime-Trace-Id": trace_header,
+            **context_headers,
         }
         with self._cond:
             runtime.queue.append((request_id, json.dumps(event).encode(), headers))

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .extensions import epoch_ms_in, function_arn, new_trace_header
-from .lifecycle import MANAGED_INSTANCES, LambdaEnvironment, _ms
+from .lifecycle import MANAGED_INSTANCES, LambdaEnvironment, _ms, client_context_headers
 from .processes import WorkerProcess
 from .results import InitResult, InvokeResult, ShutdownResult
 from .routing import (
@@ -191,11 +191,15 @@ class ManagedInstancesEnvironment(LambdaEnvironment):
 
     # -- Invoke ---------------------------------------------------------------------------------
 
-    def invoke(self, event: Any = None, *, timeout_s: float | None = None) -> InvokeResult:
+    def invoke(
+        self, event: Any = None, *, timeout_s: float | None = None, client_context: Mapping[str, Any] | None = None
+    ) -> InvokeResult:
         """Hand ``event`` (JSON-serializable) to a free worker (waiting in ``next``, or done with
         its last invocation and on its way there) and wait for its response or error, the
         deadline or its exit. Safe to call from many threads at once; with no worker free,
-        ``unavailable`` at once."""
+        ``unavailable`` at once. ``client_context`` goes with the invocation, as on-demand's does
+        (see :meth:`LambdaEnvironment.invoke`)."""
+        context_headers = client_context_headers(client_context)
         request_id = str(uuid.uuid4())
         init: InitResult | None = None
         with self._transitions:
@@ -225,6 +229,7 @@ class ManagedInstancesEnvironment(LambdaEnvironment):
                 "Lambda-Runtime-Deadline-Ms": str(epoch_ms_in(timeout)),
                 "Lambda-Runtime-Invoked-Function-Arn": arn,
                 "Lambda-Runtime-Trace-Id": trace_header,
+                **context_headers,
             }
             invocation = Invocation(request_id, worker, started, InvokeResult(request_id, "success", init=init))
             worker.handed = (body, headers)
