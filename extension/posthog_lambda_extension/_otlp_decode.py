@@ -5,8 +5,9 @@ Decoded here in pure Python, from the protobuf wire format directly (the few fie
 ``protobuf`` package: nothing compiled, so the layer stays one zip for every CPU architecture,
 and nothing loaded before the first request, so the extension's start-up pays nothing for it.
 
-Each span comes out as a ``Span``. The resource's
-``posthog.*`` attributes are added to each of its spans' (where the span has none of its own).
+Each span comes out as a ``Span``. The resource's ``posthog.*`` attributes and its
+instrumentation scope's name (as ``otel.scope.name``, ``genai.SCOPE_NAME``) are added to each of
+its spans' attributes (where the span has none of its own).
 
 Anything that is not a well-formed request raises ``OtlpError``, whose message says why.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import struct
 
+from posthog_lambda_contract.genai import SCOPE_NAME
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -22,6 +25,9 @@ if TYPE_CHECKING:
 STATUS_ERROR = 2
 MAX_DEPTH = 16
 """Key-value lists and arrays nest this deep at most (attributes are flat in practice)."""
+MAX_SCOPE_NAME = 1024
+"""An instrumentation scope's name is this long at most (a module's name in practice): each of
+its spans carries it, and reads it for its framework."""
 
 _DOUBLE = struct.Struct("<d")
 _FIXED64 = struct.Struct("<Q")
@@ -189,7 +195,13 @@ def _hex_id(raw: Any, size: int, what: str) -> str | None:
     return raw.hex()
 
 
-def _span(data: bytes, resource: dict[str, Any]) -> Span:
+def _scope_name(name: str) -> str | None:
+    if len(name) > MAX_SCOPE_NAME:
+        raise OtlpError(f"an instrumentation scope name longer than {MAX_SCOPE_NAME} characters")
+    return name or None
+
+
+def _span(data: bytes, resource: dict[str, Any], scope: str | None) -> Span:
     trace_id = span_id = parent_id = None
     name = ""
     start_ns = end_ns = 0
@@ -225,7 +237,8 @@ def _span(data: bytes, resource: dict[str, Any]) -> Span:
     if trace_id is None or span_id is None:
         raise OtlpError("a span without its trace id or span id")
     attributes = _attributes(attribute_items)
-    return _finished(Span(trace_id, span_id, parent_id, name, start_ns, end_ns, attributes, events, error), resource)
+    span = Span(trace_id, span_id, parent_id, name, start_ns, end_ns, attributes, events, error)
+    return _finished(span, resource, scope)
 
 
 def _event(data: bytes) -> tuple[str, int, dict[str, Any] | None]:
@@ -242,13 +255,16 @@ def _event(data: bytes) -> tuple[str, int, dict[str, Any] | None]:
     return (name, time_ns, _attributes(items) if items else None)
 
 
-def _finished(span: Span, resource: dict[str, Any]) -> Span:
-    """``span``, checked, with its resource's ``posthog.*`` attributes where it has none of its own."""
+def _finished(span: Span, resource: dict[str, Any], scope: str | None) -> Span:
+    """``span``, checked, with its resource's ``posthog.*`` attributes and its scope's name where
+    it has none of its own."""
     if span.end_ns < span.start_ns:
         raise OtlpError(f"span {span.span_id} ends before it starts")
     for key, value in resource.items():
         if key.startswith("posthog."):
             span.attributes.setdefault(key, value)
+    if scope is not None:
+        span.attributes.setdefault(SCOPE_NAME, scope)
     return span
 
 
@@ -266,9 +282,17 @@ def decode_protobuf(body: bytes) -> list[Span]:
             elif n == 2 and w == 2:
                 scopes.append(raw)
         for scope in scopes:
+            # The scope (field 1) may come after its spans: read it first.
+            name: str | None = None
+            items: list[bytes] = []
             for n, w, raw in _fields(scope):
-                if n == 2 and w == 2:
-                    spans.append(_span(raw, resource))
+                if n == 1 and w == 2:
+                    for k, kw, value in _fields(raw):
+                        if k == 1 and kw == 2:
+                            name = _scope_name(_text(value, "an instrumentation scope name"))
+                elif n == 2 and w == 2:
+                    items.append(raw)
+            spans.extend(_span(raw, resource, name) for raw in items)
     return spans
 
 
@@ -359,17 +383,24 @@ def decode_json(body: bytes) -> list[Span]:
         if not isinstance(resource_spans, dict):
             raise OtlpError("a resourceSpans item is not an object")
         resource = _json_attributes((resource_spans.get("resource") or {}).get("attributes"))
-        for scope in _json_list(resource_spans.get("scopeSpans"), "scopeSpans"):
-            if not isinstance(scope, dict):
+        for scope_spans in _json_list(resource_spans.get("scopeSpans"), "scopeSpans"):
+            if not isinstance(scope_spans, dict):
                 raise OtlpError("a scopeSpans item is not an object")
-            for span in _json_list(scope.get("spans"), "spans"):
+            scope = scope_spans.get("scope") or {}
+            if not isinstance(scope, dict):
+                raise OtlpError("an instrumentation scope is not an object")
+            name = scope.get("name")
+            if name is not None and not isinstance(name, str):
+                raise OtlpError("an instrumentation scope name is not a string")
+            name = _scope_name(name) if name is not None else None
+            for span in _json_list(scope_spans.get("spans"), "spans"):
                 if not isinstance(span, dict):
                     raise OtlpError("a span is not an object")
-                spans.append(_json_span(span, resource))
+                spans.append(_json_span(span, resource, name))
     return spans
 
 
-def _json_span(span: dict[str, Any], resource: dict[str, Any]) -> Span:
+def _json_span(span: dict[str, Any], resource: dict[str, Any], scope: str | None) -> Span:
     trace_id = _json_id(span.get("traceId"), 16, "a trace id")
     span_id = _json_id(span.get("spanId"), 8, "a span id")
     if trace_id is None or span_id is None:
@@ -397,4 +428,4 @@ def _json_span(span: dict[str, Any], resource: dict[str, Any]) -> Span:
         events,
         error,
     )
-    return _finished(decoded, resource)
+    return _finished(decoded, resource, scope)

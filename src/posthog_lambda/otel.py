@@ -32,7 +32,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import StatusCode
 
 from posthog_lambda_contract.environment import POSTHOG_LAMBDA_OTEL_ALL_SPANS, on_snap_start
-from posthog_lambda_contract.genai import RECORDS_INPUT, RECORDS_OUTPUT, SPAN, is_genai
+from posthog_lambda_contract.genai import RECORDS_INPUT, RECORDS_OUTPUT, SCOPE_NAME, SPAN, is_genai
 
 from . import _config
 from ._config import env_flag
@@ -206,6 +206,10 @@ def _record(
     error = (status.description or "") if status is not None and status.status_code is _ERROR else None
     for key, value in _identity(span.resource).items():
         attributes.setdefault(key, value)
+    scope = span.instrumentation_scope
+    if scope is not None and scope.name:
+        # Which instrumentation made it names its framework (genai.framework), as OTLP's scope does.
+        attributes.setdefault(SCOPE_NAME, scope.name)
     events = []
     chunked = False
     for event in span.events:

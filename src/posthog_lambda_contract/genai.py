@@ -21,6 +21,13 @@ attributes (``gen_ai.prompt.0.content``), as JSON attributes (``gen_ai.input.mes
 span events (``gen_ai.content.prompt``). Attributes outside the GenAI namespaces become the
 event's properties; content never does, except as ``$ai_input`` and its siblings, which privacy
 mode removes.
+
+Which agent or LLM framework made a span (``$ai_framework``, as posthog-python's LangChain,
+OpenAI Agents and Claude Agent SDK wrappers name it) is read from the instrumentation scope that
+made it (``framework``), which both readers carry in the attributes as ``otel.scope.name``
+(OpenTelemetry's name for it outside OTLP; not a property itself). An instrumentation of a
+provider's SDK (OpenAI, Anthropic, Bedrock...) names none, as posthog-python's OpenAI and
+Anthropic wrappers set none: a provider's SDK is not a framework.
 """
 
 from __future__ import annotations
@@ -50,6 +57,11 @@ NAMESPACES = ("gen_ai.", "llm.", "traceloop.", "ai.")
 _GENERATIONS = frozenset({"chat", "text_completion", "completion", "generate_content", "responses", "generate"})
 _EMBEDDINGS = frozenset({"embeddings", "embedding"})
 
+SCOPE_NAME = "otel.scope.name"
+"""In ATTRIBUTES: the name of the instrumentation scope that made the span, where the span has no
+attribute of that name of its own. Not made a property: ``$ai_framework`` says what it tells."""
+FRAMEWORK = "$ai_framework"
+
 _DISTINCT_ID_KEYS = ("posthog.distinct_id", "user.id", "enduser.id")
 _SESSION_KEYS = ("posthog.session_id", "session.id", "gen_ai.conversation.id")
 
@@ -57,6 +69,70 @@ _SESSION_KEYS = ("posthog.session_id", "session.id", "gen_ai.conversation.id")
 def is_genai(attributes: Mapping[str, Any]) -> bool:
     """Whether a span's attributes make it a GenAI span."""
     return any(key.startswith(NAMESPACES) for key in attributes)
+
+
+# Each framework by the words of a scope name that name it (a scope name's words are its
+# dotted, underscored or hyphenated parts: ``openinference.instrumentation.llama_index`` is
+# openinference, instrumentation, llama, index). Whole words, so that "agno" is not found in
+# "diagnostics" nor "dspy" in "dspyx". The scopes they come from: OpenLLMetry's and OpenInference's
+# instrumentations (``opentelemetry.instrumentation.<package>``, ``openinference.instrumentation.
+# <package>``: each names its tracer after its module) and the frameworks' own tracers
+# (``pydantic-ai``, ``strands.telemetry.tracer``, ``haystack``, ``autogen-core``, and Google ADK's
+# ``gcp.vertex.agent``).
+_FRAMEWORK_WORDS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("langchain",), "langchain"),
+    (("llama", "index"), "llamaindex"),
+    (("llamaindex",), "llamaindex"),
+    (("crewai",), "crewai"),
+    (("openai", "agents"), "openai-agents"),
+    (("haystack",), "haystack"),
+    (("dspy",), "dspy"),
+    (("pydantic", "ai"), "pydantic-ai"),
+    (("strands",), "strands-agents"),
+    (("google", "adk"), "google-adk"),
+    (("gcp", "vertex", "agent"), "google-adk"),
+    (("autogen",), "autogen"),
+    (("smolagents",), "smolagents"),
+    (("agno",), "agno"),
+    (("claude", "agent", "sdk"), "claude-agent-sdk"),
+)
+# By first word, so that a scope name is read in one pass over its words.
+_FRAMEWORKS: dict[str, list[tuple[tuple[str, ...], str]]] = {}
+for _entry in _FRAMEWORK_WORDS:
+    _FRAMEWORKS.setdefault(_entry[0][0], []).append(_entry)
+del _entry
+_WORD_BREAKS = str.maketrans("_-/: ", ".....")
+_NAMED: dict[str, str | None] = {}
+"""The framework each scope name read names: a process has a few instrumentations, a scope each,
+so that each name is read once."""
+
+
+def framework(scope_name: str | None, attributes: Mapping[str, Any]) -> str | None:
+    """The framework a span says made it (``$ai_framework``): the span's own ``$ai_framework``
+    attribute when it has one (a string), else the one its instrumentation scope's name names
+    (None for an instrumentation of a provider's SDK, or a scope not known here)."""
+    own = attributes.get(FRAMEWORK)
+    if type(own) is str and own:
+        return own
+    if type(scope_name) is not str or not scope_name:
+        return None
+    if scope_name in _NAMED:
+        return _NAMED[scope_name]
+    named = _named_by(scope_name)
+    # Not kept: past the first few names, and a name longer than a module's (a span's own
+    # attribute can be anything).
+    if len(_NAMED) < 64 and len(scope_name) <= 256:
+        _NAMED[scope_name] = named
+    return named
+
+
+def _named_by(scope_name: str) -> str | None:
+    words = scope_name.lower().translate(_WORD_BREAKS).split(".")
+    for at, word in enumerate(words):
+        for sought, name in _FRAMEWORKS.get(word, ()):
+            if len(sought) == 1 or tuple(words[at : at + len(sought)]) == sought:
+                return name
+    return None
 
 
 def _first(attributes: Mapping[str, Any], *keys: str) -> Any:
@@ -456,5 +532,14 @@ def expand(header: dict[str, Any], record: Sequence[Any]) -> Event:
     session = _first(attributes, *_SESSION_KEYS)
     if session is not None and header.get(SESSION_ID) is None:
         header = {**header, SESSION_ID: str(session)}
-    others = {k: v for k, v in attributes.items() if not k.startswith(NAMESPACES) and not k.startswith("posthog.")}
+    if FRAMEWORK not in attributes:  # a span's own is among its properties below, as it is
+        named = framework(attributes.get(SCOPE_NAME), attributes)
+        if named is not None:
+            props[FRAMEWORK] = named
+    # The scope's name would be a property on every span, saying nothing $ai_framework does not.
+    others = {
+        k: v
+        for k, v in attributes.items()
+        if not k.startswith(NAMESPACES) and not k.startswith("posthog.") and k != SCOPE_NAME
+    }
     return make_event(kind, header, props, to_jsonable(others, redact) if others else None, end_us / 1e6)

@@ -25,10 +25,11 @@ from opentelemetry.trace import Status, StatusCode
 
 from posthog_lambda_contract import records
 from posthog_lambda_contract.events import DISTINCT_ID, PRIVACY, TRACE_ID
+from posthog_lambda_contract.genai import SCOPE_NAME
 from posthog_lambda_extension._drops import Drops
 from posthog_lambda_extension._intake import HANDLER_BATCHES_KEPT
 from posthog_lambda_extension._otlp import Otlp
-from posthog_lambda_extension._otlp_decode import OtlpError, decode_json, decode_protobuf
+from posthog_lambda_extension._otlp_decode import MAX_SCOPE_NAME, OtlpError, decode_json, decode_protobuf
 from posthog_lambda_extension._otlp_server import MAX_BODY, OtlpServer
 
 CHAT = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 3}
@@ -90,12 +91,15 @@ def server(otlp: Otlp, drops: Drops) -> Iterator[OtlpServer]:
     served.close()
 
 
-def finished(*spans: tuple[str, dict[str, Any]], resource: dict[str, Any] | None = None) -> list[ReadableSpan]:
-    """Spans made by the real SDK, each nested in the one before, ended innermost first."""
+def finished(
+    *spans: tuple[str, dict[str, Any]], resource: dict[str, Any] | None = None, scope: str = "test"
+) -> list[ReadableSpan]:
+    """Spans made by the real SDK (a tracer of instrumentation scope ``scope``), each nested in the
+    one before, ended innermost first."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create(resource or {}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracer = provider.get_tracer("test")
+    tracer = provider.get_tracer(scope)
     opened = []
     for name, attributes in spans:
         opened.append(tracer.start_as_current_span(name, attributes=attributes))
@@ -291,6 +295,112 @@ def test_decoding_is_bounded_in_depth() -> None:
     request = field(1, field(2, field(2, span)))
     with pytest.raises(OtlpError, match="nested deeper"):
         decode_protobuf(request)
+
+
+# -- the instrumentation scope ------------------------------------------------------------------
+
+
+def test_the_scope_is_carried_and_names_the_framework(otlp: Otlp, handed: Handed) -> None:
+    own = {**CHAT, SCOPE_NAME: "openinference.instrumentation.crewai"}
+    langchain = finished(("planner", AGENT), ("chat", own), scope="opentelemetry.instrumentation.langchain")
+    openai = finished(("chat openai", CHAT), scope="opentelemetry.instrumentation.openai_v2")
+    decoded = decode_protobuf(protobuf(langchain + openai))
+    assert {s.name: s.attributes[SCOPE_NAME] for s in decoded} == {
+        "planner": "opentelemetry.instrumentation.langchain",
+        "chat": "openinference.instrumentation.crewai",  # the span's own attribute is kept
+        "chat openai": "opentelemetry.instrumentation.openai_v2",
+    }
+    otlp.receive(protobuf(langchain + openai), "application/x-protobuf")
+    otlp.release()
+    found = {e["properties"]["$ai_span_name"]: e["properties"] for e in handed.events()}
+    assert found["planner"]["$ai_framework"] == "langchain"
+    assert found["chat"]["$ai_framework"] == "crewai"
+    assert "$ai_framework" not in found["chat openai"]  # a provider's SDK is not a framework
+    assert not any(SCOPE_NAME in p for p in found.values())
+
+
+def json_request(scope: Any) -> bytes:
+    """A JSON request of one span, under ``scope`` (left out when None)."""
+    span = {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "chat"}
+    scope_spans: dict[str, Any] = {"spans": [span]}
+    if scope is not None:
+        scope_spans["scope"] = scope
+    return json.dumps({"resourceSpans": [{"scopeSpans": [scope_spans]}]}).encode()
+
+
+def test_json_carries_the_scope_too() -> None:
+    (span,) = decode_json(json_request({"name": "openinference.instrumentation.agno", "version": "0.1"}))
+    assert span.attributes[SCOPE_NAME] == "openinference.instrumentation.agno"
+    for nameless in (None, {}, {"name": ""}, {"name": None}):
+        (span,) = decode_json(json_request(nameless))
+        assert SCOPE_NAME not in span.attributes
+    (span,) = decode_json(json_request({"name": "n" * MAX_SCOPE_NAME}))
+    assert len(span.attributes[SCOPE_NAME]) == MAX_SCOPE_NAME
+
+
+@pytest.mark.parametrize(
+    ("scope", "reason"),
+    [
+        ("langchain", "not an object"),
+        ({"name": 7}, "not a string"),
+        ({"name": ["langchain"]}, "not a string"),
+        ({"name": "n" * (MAX_SCOPE_NAME + 1)}, "longer than"),
+    ],
+)
+def test_json_refuses_a_scope_that_is_not_one(scope: Any, reason: str) -> None:
+    with pytest.raises(OtlpError, match=reason):
+        decode_json(json_request(scope))
+
+
+SPAN_IDS = field(1, b"\x01" * 16) + field(2, b"\x02" * 8)
+"""A span of nothing but its ids, as protobuf."""
+
+
+def scoped(scope: bytes, spans_first: bool = False) -> bytes:
+    """A protobuf request of one span, whose ScopeSpans carries ``scope`` (its fields, as bytes)."""
+    fields = [scope, field(2, SPAN_IDS)]
+    return field(1, field(2, b"".join(reversed(fields) if spans_first else fields)))
+
+
+def test_protobuf_reads_the_scope_wherever_it_comes() -> None:
+    for spans_first in (False, True):
+        (span,) = decode_protobuf(scoped(field(1, field(1, b"haystack") + field(2, b"2.9")), spans_first))
+        assert span.attributes[SCOPE_NAME] == "haystack"
+    (span,) = decode_protobuf(scoped(field(1, field(1, b""))))
+    assert SCOPE_NAME not in span.attributes
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        bytes([1 << 3 | 0, 5]),  # the scope as a varint
+        field(1, bytes([1 << 3 | 0, 5])),  # its name as a varint
+        field(1, bytes([1 << 3 | 5]) + b"\0\0\0\0"),  # its name as a 32-bit value
+    ],
+)
+def test_protobuf_skips_a_scope_of_the_wrong_wire_type(scope: bytes) -> None:
+    # As every field the decoder reads: of another wire type, it is not that field.
+    (span,) = decode_protobuf(scoped(scope))
+    assert SCOPE_NAME not in span.attributes
+
+
+@pytest.mark.parametrize(
+    ("scope", "reason"),
+    [
+        (field(1, field(1, b"lang\xffchain")), "scope name is not UTF-8"),
+        (field(1, field(1, b"n" * (MAX_SCOPE_NAME + 1))), "scope name longer than"),
+        (field(1, b"\x0a\x80"), "truncated"),  # the scope's own fields cut short
+    ],
+)
+def test_protobuf_refuses_a_scope_that_is_not_one(scope: bytes, reason: str) -> None:
+    with pytest.raises(OtlpError, match=reason):
+        decode_protobuf(scoped(scope))
+
+
+def test_a_request_with_a_malformed_scope_is_refused_and_counted(server: OtlpServer, drops: Drops) -> None:
+    assert post(server, scoped(field(1, field(1, b"\xff"))))[0] == 400
+    assert post(server, json_request({"name": 7}), "application/json")[0] == 400
+    assert drops.totals() == {"otlp_invalid": 2}
 
 
 # -- placing and nesting -----------------------------------------------------------------------

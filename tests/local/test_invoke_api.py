@@ -449,7 +449,10 @@ def test_a_failure_while_answering_is_a_service_exception_logged_once(
 ) -> None:
     # Never started: invoking it fails inside the API, not in a function.
     unstarted = LambdaEnvironment(function_dir, "app.handler")
-    with InvokeApi({"unstarted": unstarted}) as api, caplog.at_level(logging.ERROR):
+    # Its own logger's level: posthog_lambda's, set by any earlier in-process use of the library,
+    # is above CRITICAL unless POSTHOG_LAMBDA_DEBUG is set.
+    logger = "posthog_lambda.local.emulator.invoke_api"
+    with InvokeApi({"unstarted": unstarted}) as api, caplog.at_level(logging.ERROR, logger=logger):
         status, headers, body = request(api, "POST", "/2015-03-31/functions/unstarted/invocations", b"{}")
         assert (status, headers["x-amzn-errortype"], json.loads(body)["Type"]) == (500, "ServiceException", "Service")
         failures = [r for r in caplog.records if r.name.startswith("posthog_lambda.local")]

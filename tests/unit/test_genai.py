@@ -303,6 +303,118 @@ def test_what_makes_a_span_genai() -> None:
     assert not genai.is_genai({"http.method": "GET", "db.system": "dynamodb"})
 
 
+# The scopes real instrumentations name their tracers (OpenLLMetry's and OpenInference's after
+# their modules; the frameworks' own tracers as they call them).
+FRAMEWORK_SCOPES = [
+    ("opentelemetry.instrumentation.langchain", "langchain"),
+    ("openinference.instrumentation.langchain", "langchain"),
+    ("opentelemetry.instrumentation.llamaindex", "llamaindex"),
+    ("openinference.instrumentation.llama_index", "llamaindex"),
+    ("opentelemetry.instrumentation.crewai.instrumentation", "crewai"),
+    ("openinference.instrumentation.crewai", "crewai"),
+    ("opentelemetry.instrumentation.openai_agents", "openai-agents"),
+    ("openinference.instrumentation.openai_agents", "openai-agents"),
+    ("haystack", "haystack"),
+    ("opentelemetry.instrumentation.haystack", "haystack"),
+    ("openinference.instrumentation.dspy", "dspy"),
+    ("pydantic-ai", "pydantic-ai"),
+    ("openinference.instrumentation.pydantic_ai", "pydantic-ai"),
+    ("strands.telemetry.tracer", "strands-agents"),
+    ("gcp.vertex.agent", "google-adk"),
+    ("openinference.instrumentation.google_adk", "google-adk"),
+    ("autogen-core", "autogen"),
+    ("openinference.instrumentation.autogen_agentchat", "autogen"),
+    ("openinference.instrumentation.smolagents", "smolagents"),
+    ("openinference.instrumentation.agno", "agno"),
+    ("opentelemetry.instrumentation.agno", "agno"),
+    ("openinference.instrumentation.claude_agent_sdk", "claude-agent-sdk"),
+    ("OpenInference.Instrumentation.LangChain", "langchain"),
+]
+
+
+@pytest.mark.parametrize(("scope", "named"), FRAMEWORK_SCOPES)
+def test_a_frameworks_instrumentation_names_it(scope: str, named: str) -> None:
+    assert genai.framework(scope, {}) == named
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        # Provider SDKs' instrumentations: not frameworks, as posthog-python's own wrappers say.
+        "opentelemetry.instrumentation.openai_v2",
+        "opentelemetry.instrumentation.openai.v1",
+        "openinference.instrumentation.openai",
+        "opentelemetry.instrumentation.anthropic",
+        "openinference.instrumentation.anthropic",
+        "opentelemetry.instrumentation.bedrock",
+        "opentelemetry.instrumentation.botocore",
+        "openinference.instrumentation.bedrock",
+        "opentelemetry.instrumentation.vertexai",
+        "opentelemetry.instrumentation.google_genai",
+        "openinference.instrumentation.google_genai",
+        "opentelemetry.instrumentation.cohere",
+        "opentelemetry.instrumentation.mistralai",
+        "openinference.instrumentation.mistralai",
+        "opentelemetry.instrumentation.groq",
+        "opentelemetry.instrumentation.ollama",
+        # A framework's name inside another word, or only part of a name of several words.
+        "app.diagnostics",
+        "opentelemetry.instrumentation.agnostic",
+        "dspyx",
+        "langchainish.tracer",
+        "llama.cpp",
+        "pydantic",
+        "claude.sdk",
+        "google.genai",
+        "test",
+        "",
+        None,
+    ],
+)
+def test_other_scopes_name_no_framework(scope: str | None) -> None:
+    assert genai.framework(scope, {}) is None
+
+
+def test_a_spans_own_framework_wins() -> None:
+    own = {"$ai_framework": "langgraph"}
+    assert genai.framework("opentelemetry.instrumentation.langchain", own) == "langgraph"
+    assert genai.framework(None, own) == "langgraph"
+    assert genai.framework("openinference.instrumentation.crewai", {"$ai_framework": ""}) == "crewai"
+    langchain = {"gen_ai.operation.name": "chat", genai.SCOPE_NAME: "opentelemetry.instrumentation.langchain"}
+    assert props({**langchain, "$ai_framework": "langgraph"})[1]["$ai_framework"] == "langgraph"
+    assert props({**langchain, "$ai_framework": 7})[1]["$ai_framework"] == 7  # passed through as it is
+
+
+def test_the_scope_names_the_events_framework_and_is_no_property_itself() -> None:
+    for attributes, kind in ((CURRENT, "$ai_generation"), ({"gen_ai.operation.name": "invoke_agent"}, "$ai_span")):
+        scoped = {**attributes, genai.SCOPE_NAME: "openinference.instrumentation.agno", "app.tier": "gold"}
+        made, p = props(scoped)
+        assert (made, p["$ai_framework"]) == (kind, "agno")
+        assert genai.SCOPE_NAME not in p
+        assert p["app.tier"] == "gold"  # the span's other attributes stay properties
+    _, provider = props({**CURRENT, genai.SCOPE_NAME: "opentelemetry.instrumentation.openai_v2"})
+    assert "$ai_framework" not in provider
+    assert genai.SCOPE_NAME not in provider
+    _, unscoped = props(CURRENT)
+    assert "$ai_framework" not in unscoped
+
+
+def test_scope_names_are_read_the_same_however_many_and_long() -> None:
+    for n in range(100):  # past the names kept
+        assert genai.framework(f"app.module{n}", {}) is None
+    assert genai.framework("openinference.instrumentation.dspy.later", {}) == "dspy"
+    long = "opentelemetry.instrumentation.langchain." + "x" * 1_000
+    assert genai.framework(long, {}) == genai.framework(long, {}) == "langchain"
+    assert long not in genai._NAMED  # a span's own attribute can be any size: none is kept
+
+
+@pytest.mark.parametrize("hostile", [7, ("langchain",), {"name": "langchain"}])
+def test_a_scope_name_that_is_not_one_names_nothing(hostile: Any) -> None:
+    _, p = props({**CURRENT, genai.SCOPE_NAME: hostile})
+    assert "$ai_framework" not in p
+    assert genai.SCOPE_NAME not in p
+
+
 @pytest.mark.parametrize(
     "hostile",
     [

@@ -232,3 +232,42 @@ def test_the_resource_can_say_who_the_user_is(events: list[Any]) -> None:
             pass
     assert [e["distinct_id"] for e in events] == ["user-1", "user-2"]
     assert "$process_person_profile" not in events[0]["properties"]
+
+
+def test_the_instrumentation_scope_names_the_framework(events: list[Any]) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(PostHogLambdaSpanProcessor())
+    with provider.get_tracer("opentelemetry.instrumentation.langchain").start_as_current_span("chat", attributes=CHAT):
+        pass
+    with provider.get_tracer("opentelemetry.instrumentation.openai_v2").start_as_current_span("chat", attributes=CHAT):
+        pass
+    langchain, openai = (e["properties"] for e in events)
+    assert langchain["$ai_framework"] == "langchain"
+    assert "$ai_framework" not in openai  # a provider's SDK is not a framework
+    assert "otel.scope.name" not in langchain
+    assert "otel.scope.name" not in openai
+
+
+def test_a_spans_own_scope_name_attribute_is_kept(events: list[Any]) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(PostHogLambdaSpanProcessor())
+    tracer = provider.get_tracer("opentelemetry.instrumentation.langchain")
+    own = {**CHAT, "otel.scope.name": "openinference.instrumentation.crewai"}
+    with tracer.start_as_current_span("chat", attributes=own):
+        pass
+    (event,) = events
+    assert event["properties"]["$ai_framework"] == "crewai"
+
+
+def test_a_span_without_an_instrumentation_scope_is_sent(events: list[Any]) -> None:
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import SpanContext
+
+    bare = ReadableSpan(
+        name="chat", context=SpanContext(1, 2, is_remote=False), attributes=CHAT, start_time=1_000, end_time=2_000
+    )
+    assert bare.instrumentation_scope is None
+    PostHogLambdaSpanProcessor().on_end(bare)
+    (event,) = events
+    assert event["event"] == "$ai_generation"
+    assert "$ai_framework" not in event["properties"]
