@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: test lint typecheck unit other-pythons bench lock clean layer demo
+.PHONY: test lint typecheck unit other-pythons bench lock clean layer demo chromium
 
 # CI runs the whole suite on each of these too (the main venv's Python is the oldest supported).
 OTHER_PYTHONS := 3.12 3.13
@@ -16,7 +16,16 @@ $(STAMP): requirements/dev.txt
 	$(PIP) install -r requirements/dev.txt
 	touch $@
 
-test: lint typecheck layer unit other-pythons
+test: lint typecheck layer chromium unit other-pythons
+
+# The trace viewer's browser tests drive Debian's Chromium (Playwright, pinned in dev.txt, never
+# downloads a browser of its own). Installed here as root; elsewhere the tests fail saying how.
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+	  echo "== installing Debian's chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; \
+	fi
 
 $(BENCH_STAMP): $(STAMP) requirements/bench.txt
 	$(PIP) install -r requirements/bench.txt -c requirements/dev.txt

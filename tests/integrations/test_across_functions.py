@@ -81,11 +81,21 @@ def moto_url() -> Iterator[str]:
     try:
         yield f"http://{host}:{port}"
     finally:
+        while _clients:
+            _clients.popitem()[1].close()
         server.stop()
 
 
+_clients: dict[tuple[str, str], Any] = {}
+"""The test's own clients of moto, one per service: closed with the server (an unclosed one's
+socket would be a ResourceWarning in whichever later test the garbage collector runs)."""
+
+
 def client(service: str, moto_url: str) -> Any:
-    return boto3.client(service, endpoint_url=moto_url, **CREDENTIALS)  # type: ignore[call-overload]
+    key = (service, moto_url)
+    if key not in _clients:
+        _clients[key] = boto3.client(service, endpoint_url=moto_url, **CREDENTIALS)  # type: ignore[call-overload]
+    return _clients[key]
 
 
 class Functions:

@@ -1,7 +1,7 @@
 """The command line of the local tools (``posthog-lambda local`` and ``posthog-lambda capture``).
 
 - ``local``: run a function (and a layer) in the local Lambda environment;
-- ``capture``: a local PostHog capture server in the foreground.
+- ``capture``: a local PostHog capture server in the foreground, with its trace viewer.
 """
 
 from __future__ import annotations
@@ -195,7 +195,8 @@ def capture(argv: Sequence[str] | None = None) -> int:
     """Run a capture server in the foreground until Ctrl-C, then print the trace tree."""
     parser = argparse.ArgumentParser(
         prog="posthog-lambda capture",
-        description="A local PostHog capture server. Ctrl-C prints what arrived as PostHog's trace view.",
+        description="A local PostHog capture server, with a trace viewer at its address (open it in a browser: "
+        "new traces appear as they arrive). Ctrl-C prints what arrived as PostHog's trace view.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port (default: any free port)")
@@ -204,6 +205,9 @@ def capture(argv: Sequence[str] | None = None) -> int:
     keys.add_argument("--any-key", action="store_true", help="accept any non-empty project key")
     parser.add_argument("--no-ai-endpoint", action="store_true", help="answer 404 on /i/v0/ai/batch/, as older PostHog")
     parser.add_argument("--verbose", action="store_true", help="also log every HTTP request to stderr")
+    parser.add_argument(
+        "--html", type=Path, metavar="FILE", help="on Ctrl-C, also write the trace viewer as one HTML file"
+    )
     args = parser.parse_args(argv)
 
     server = CaptureServer(
@@ -227,7 +231,12 @@ def capture(argv: Sequence[str] | None = None) -> int:
     )
     # The banner is printed inside the try: a Ctrl-C right after it must still stop cleanly.
     try:
-        print(f"PostHog capture server on {server.url} ({key}; AI endpoint {ai}). Ctrl-C to stop.", flush=True)
+        # One line: scripts read the address from it. The viewer's requests are not printed.
+        print(
+            f"PostHog capture server on {server.url} ({key}; AI endpoint {ai}); trace viewer at {server.viewer_url}. "
+            "Ctrl-C to stop.",
+            flush=True,
+        )
         threading.Event().wait()
     except KeyboardInterrupt:
         pass
@@ -236,6 +245,8 @@ def capture(argv: Sequence[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     print(server.trace_tree(), flush=True)
+    if args.html is not None:
+        print(f"trace viewer written to {server.write_html(args.html)}", flush=True)
     return 0
 
 

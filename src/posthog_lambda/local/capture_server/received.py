@@ -90,6 +90,11 @@ class Received:
         self._requests: list[ReceivedRequest] = []
         self._seen_uuids: set[str] = set()
         self._duplicates = 0
+        # Changes whenever the accepted events do (more arrive, or clear()): the cursor the
+        # trace viewer's page waits on. A count of events would come round again after a clear().
+        self._version = 0
+        # How many wait_for_change calls are waiting: tests wait for a waiter instead of sleeping.
+        self._change_waiters = 0
 
     @property
     def events(self) -> list[ReceivedEvent]:
@@ -111,16 +116,34 @@ class Received:
 
     def unique_events(self) -> list[ReceivedEvent]:
         """Accepted events with each uuid kept once (its first arrival), as PostHog deduplicates."""
-        seen: set[str] = set()
-        unique = []
-        for received in self.events:
-            key = uuid_key(received.event.get("uuid"))
-            if key is not None:
-                if key in seen:
-                    continue
-                seen.add(key)
-            unique.append(received)
-        return unique
+        return _unique(self.events)
+
+    def wait_for_change(
+        self, version: int | None, timeout: float, stopping: threading.Event | None = None
+    ) -> tuple[int, list[ReceivedEvent]]:
+        """Block until the accepted events are no longer those of ``version`` (a version this method
+        or :meth:`snapshot` returned; ``None`` returns at once), ``timeout`` passes or ``stopping``
+        is set; return :meth:`snapshot`: the version now and its unique events."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            self._change_waiters += 1
+            self._changed.notify_all()
+            try:
+                while version == self._version and not (stopping is not None and stopping.is_set()):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._changed.wait(remaining)
+            finally:
+                self._change_waiters -= 1
+        return self.snapshot()
+
+    def snapshot(self) -> tuple[int, list[ReceivedEvent]]:
+        """The current version (what :meth:`wait_for_change` waits to change) and the unique events
+        (:meth:`unique_events`) of that version, taken together."""
+        with self._changed:
+            current, events = self._version, list(self._events)
+        return current, _unique(events)
 
     def clear(self) -> None:
         """Forget every recorded event and request and the duplicate count."""
@@ -129,6 +152,7 @@ class Received:
             self._requests.clear()
             self._seen_uuids.clear()
             self._duplicates = 0
+            self._version += 1
             self._changed.notify_all()
 
     def wait_for_events(
@@ -168,6 +192,8 @@ class Received:
         with self._changed:
             for event in events:
                 self._remember(event)
+            if events:
+                self._version += 1
             self._requests.append(request)
             self._changed.notify_all()
 
@@ -188,6 +214,19 @@ class Received:
             f"Events received ({len(self._events)}): {events or 'none'}. "
             f"Requests ({len(self._requests)}, last 10): {answers or 'none'}"
         )
+
+
+def _unique(events: list[ReceivedEvent]) -> list[ReceivedEvent]:
+    seen: set[str] = set()
+    unique = []
+    for received in events:
+        key = uuid_key(received.event.get("uuid"))
+        if key is not None:
+            if key in seen:
+                continue
+            seen.add(key)
+        unique.append(received)
+    return unique
 
 
 def uuid_key(value: object) -> str | None:

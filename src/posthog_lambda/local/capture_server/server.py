@@ -1,11 +1,13 @@
 """The local PostHog capture server: a real HTTP server on loopback that answers as PostHog's
 capture service does (the rules are in ``ingestion``), records what it accepts (``received``),
-injects the faults asked for (``faults``) and lays what it received out as a trace tree (``tree``).
+injects the faults asked for (``faults``) and lays what it received out as a trace tree (``tree``)
+and as a page in the browser (``viewer``: served at ``/``, or written to a file).
 
     with CaptureServer() as server:             # http://127.0.0.1:<free port>, key "phc_local"
         send_events(host=server.url)
         events = server.wait_for_events(3)
         print(server.trace_tree())
+        server.write_html("build/traces.html")  # or open server.viewer_url while it runs
 
 Run it in the foreground with ``posthog-lambda capture [--port N] [--api-key K]``.
 Standard library only.
@@ -23,14 +25,16 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from .faults import Fault, FaultInjection
 from .ingestion import MAX_AI_EVENT_BYTES, MAX_BODY_BYTES, MAX_EVENT_BYTES, Rejection, Verdict, judge, reject
 from .received import Received, ReceivedEvent, ReceivedRequest
 from .tree import render_trace_tree
+from .viewer import EVENTS_PATH, PAGE_PATH, build_model, page_html, script_json, write_html
 
 _HEADERS_KEPT = ("content-type", "content-encoding", "content-length", "transfer-encoding", "user-agent")
 _READ_CHUNK = 64 * 1024
@@ -38,6 +42,8 @@ _READ_CHUNK = 64 * 1024
 _POLL_INTERVAL = 0.05
 _REOPEN_ATTEMPTS = 100
 _JOIN_TIMEOUT = 2.0
+# The longest a viewer page's request for newer events is held open (it asks for less).
+_MAX_VIEWER_WAIT = 60.0
 
 
 class CaptureServer(Received, FaultInjection):
@@ -55,6 +61,11 @@ class CaptureServer(Received, FaultInjection):
     ``on_request`` is called (in the server's thread) with each :class:`ReceivedRequest`. What
     was received is queried with the methods of :class:`Received`; faults are asked for with
     those of :class:`FaultInjection`.
+
+    ``GET /`` is the trace viewer (:attr:`viewer_url`): a page showing what was received, which
+    waits on ``GET /viewer/traces.json`` for more. Those two requests are not PostHog's: they are
+    not recorded, take no injected fault and call no ``on_request``; every other request is
+    answered as above.
     """
 
     def __init__(
@@ -123,6 +134,8 @@ class CaptureServer(Received, FaultInjection):
             self._stopping.set()
             self._accepting.clear()
             httpd, self._httpd = self._httpd, None
+        with self._changed:
+            self._changed.notify_all()  # viewer pages waiting for events are answered now
         if httpd is not None:
             _close_listener(httpd)
         # No listener is left to start request threads, so the lists below are complete; a
@@ -171,6 +184,21 @@ class CaptureServer(Received, FaultInjection):
             return
         reason = f": reopening failed: {self._reopen_error}" if self._reopen_error else ""
         raise TimeoutError(f"the capture server was not accepting connections after {timeout:g}s{reason}")
+
+    @property
+    def viewer_url(self) -> str:
+        """The trace viewer's address, e.g. ``http://127.0.0.1:54321/``: open it in a browser."""
+        return self.url + PAGE_PATH
+
+    def viewer_model(self) -> dict[str, Any]:
+        """The trace viewer's model (``viewer.build_model``) of the received events, each uuid once."""
+        version, events = self.snapshot()
+        return build_model((received.event for received in events), version=version)
+
+    def write_html(self, path: str | Path) -> Path:
+        """Write the trace viewer for the received events (each uuid once) to ``path``, as one
+        self-contained HTML file that needs no server; returns the path."""
+        return write_html((received.event for received in self.unique_events()), path)
 
     def clear(self) -> None:
         """Forget every recorded event and request, the duplicate count and pending faults."""
@@ -277,6 +305,40 @@ class CaptureServer(Received, FaultInjection):
             handler.busy = False
             if handler.closing:
                 handler.close_connection = True
+
+    # -- the trace viewer --------------------------------------------------------------------
+
+    def _serve_viewer(self, handler: _Handler) -> bool:
+        """Answer a viewer request (the page, or the page waiting for newer events); False for any
+        other request, which is PostHog's to answer."""
+        target = urlsplit(handler.path)
+        if target.path not in (PAGE_PATH, EVENTS_PATH):
+            return False
+        # A GET rarely has a body; read one anyway so that a kept-alive connection stays in step.
+        with contextlib.suppress(ValueError, OSError):
+            _read_body(handler, 0)
+        if target.path == PAGE_PATH:
+            page = page_html(self.viewer_model(), live=True)
+            handler.respond_bytes(200, "text/html; charset=utf-8", page.encode())
+            return True
+        query = parse_qs(target.query)
+        try:
+            after: int | None = int(query["after"][-1]) if "after" in query else None
+            wait = float(query.get("wait", ["0"])[-1])
+        except ValueError:
+            handler.respond(
+                400,
+                {"type": "validation_error", "code": "invalid_query", "detail": "after and wait are numbers"},
+                {},
+                False,
+            )
+            return True
+        # "not >= 0" also catches NaN, which no comparison would clamp.
+        wait = min(wait, _MAX_VIEWER_WAIT) if wait >= 0 else 0.0
+        version, events = self.wait_for_change(after, wait, self._stopping)
+        model = build_model((received.event for received in events), version=version)
+        handler.respond_bytes(200, "application/json", script_json(model).encode())
+        return True
 
     # -- handling one request ----------------------------------------------------------------
 
@@ -422,7 +484,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.capture._handle(self, "POST")
 
     def do_GET(self) -> None:
-        self.capture._handle(self, "GET")
+        if not self.capture._serve_viewer(self):
+            self.capture._handle(self, "GET")
 
     def respond(self, status: int, body: Mapping[str, Any], headers: Mapping[str, str], close: bool) -> None:
         payload = json.dumps(body).encode()
@@ -433,6 +496,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         if close:
             self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def respond_bytes(self, status: int, content_type: str, payload: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        # Always what was received just now; and what the page shows is data, never a program.
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
         self.end_headers()
         self.wfile.write(payload)
 

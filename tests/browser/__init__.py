@@ -1,0 +1,1 @@
+"""Browser tests of the trace viewer, in headless Chromium driven by Playwright."""
