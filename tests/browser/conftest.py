@@ -61,7 +61,7 @@ def load(path: Path) -> ModuleType:
     return module
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     # Failed outside the except blocks, so that the report is the message alone.
     problem = None
