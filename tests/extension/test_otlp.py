@@ -221,7 +221,8 @@ def test_a_refused_request_leaves_the_connection_usable(server: OtlpServer, otlp
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     connection.request("POST", "/v1/traces", b"\xff\xff\xff", {"Content-Type": "application/x-protobuf"})
     response = connection.getresponse()
-    assert (response.status, b"cannot" in response.read() or True) == (400, True)
+    response.read()
+    assert response.status == 400
     connection.request(
         "POST", "/v1/traces", protobuf(finished(("chat", CHAT))), {"Content-Type": "application/x-protobuf"}
     )

@@ -26,6 +26,8 @@ LIMITS = {"maxItems": (1_000, 10_000), "maxBytes": (262_144, 1_048_576), "timeou
 DEFAULT_BUFFERING = {"maxItems": 10_000, "maxBytes": 262_144, "timeoutMs": 1_000}
 SCHEMA_VERSIONS = ("2022-07-01", "2022-12-13")
 """What on-demand Lambda accepts; Lambda Managed Instances accept only ``2025-01-29``."""
+POST_TIMEOUT_S = 10.0
+"""How long a delivery waits for the subscriber's listener to answer."""
 
 
 def iso_now() -> str:
@@ -161,14 +163,16 @@ class Subscriber:
 
     def _post(self, batch: list[dict[str, Any]]) -> None:
         body = json.dumps(batch).encode()
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=POST_TIMEOUT_S)
         try:
-            connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
             connection.request("POST", self.path, body, {"Content-Type": "application/json"})
             connection.getresponse().read()
-            connection.close()
             self.delivered.append(batch)
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             self.failures.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            # http.client closes the connection itself only when the listener hangs up.
+            connection.close()
 
 
 class Telemetry:
