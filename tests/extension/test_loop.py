@@ -24,6 +24,8 @@ from tests.extension import builder_problems, make_event, start
 
 _CLIENTS: list[socket.socket] = []
 """The function processes' connections the tests' extensions got (kept open for the test)."""
+_EXTENSIONS: list[Extension] = []
+"""The tests' extensions: their socket servers (a thread each) and senders end with the test."""
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +33,11 @@ def _close_clients() -> Iterator[None]:
     yield
     while _CLIENTS:
         _CLIENTS.pop().close()
+    while _EXTENSIONS:
+        ext = _EXTENSIONS.pop()
+        ext.server.close()
+        if ext.sender is not None:
+            ext.sender.close()
 
 
 def extension(tmp_path: Path, posthog: CaptureServer, *, connected: bool = True, **env: str) -> Extension:
@@ -46,6 +53,7 @@ def extension(tmp_path: Path, posthog: CaptureServer, *, connected: bool = True,
         }
     )
     ext = Extension(settings)
+    _EXTENSIONS.append(ext)
     if connected:
         assert ext.server.start()
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

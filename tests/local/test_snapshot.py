@@ -1,16 +1,21 @@
 """The snapshot behind the local SnapStart mode: a restored copy has the stopped process's memory
 exactly (a seeded generator draws the same numbers in every copy), its other threads run again,
-no fork hook has run in it, and a descriptor given at restore takes the snapshot's place."""
+no fork hook has run in it, and a descriptor given at restore takes the snapshot's place; a
+restore that fails closes the connections made for it."""
 
 from __future__ import annotations
 
+import gc
 import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from posthog_lambda.local.emulator.snapshot import RestoredProcess, Snapshot
+import pytest
+
+from posthog_lambda.local import LambdaEnvironment
+from posthog_lambda.local.emulator.snapshot import RestoredProcess, Snapshot, SnapshotError
 
 CHILD = textwrap.dedent(
     """
@@ -78,3 +83,20 @@ def test_restored_copies_have_the_memory_threads_and_no_fork_hook(tmp_path: Path
     assert second[2] == "[]", "a fork hook ran in a restored copy"
     assert int(pid) not in (child.pid, int(second[0]))
     assert native == pid
+
+
+def test_a_failed_restore_closes_the_connections_it_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The restored process's Runtime API connection and any moved Telemetry listener are made
+    # before the copy: a restore that fails must not leave them to the garbage collector (whose
+    # ResourceWarning, under the suite's filterwarnings = error, fails whichever test runs then).
+    (tmp_path / "app.py").write_text("def handler(event, context):\n    return event\n")
+
+    def failing(self: Snapshot, pid: int, replace: object = None) -> int:
+        raise SnapshotError(f"process {pid} cannot be copied")
+
+    with LambdaEnvironment(tmp_path, "app.handler", lifecycle="snap-start") as env:
+        assert env.init().error is None
+        monkeypatch.setattr(Snapshot, "restore", failing)
+        with pytest.raises(SnapshotError, match="cannot be copied"):
+            env.invoke({})
+    gc.collect()

@@ -346,25 +346,34 @@ class SnapStartEnvironment(LambdaEnvironment):
             self._runtime = runtime
             self._extensions = extensions
         # Extensions first: the runtime's after-restore hooks may talk to them.
-        for process in [*extensions, runtime]:
-            number, call = self._pending_calls[process.name]
-            client, server_side = _connected_pair()
-            replace = {number: client.fileno()}
-            moved = listening.get(process.name)
-            if moved is not None:
-                replace[self._listeners[process.name]] = moved.fileno()
-            try:
-                pid = snapshot.restore(self._image_pids[process.name], replace)
-            finally:
-                client.close()
+        try:
+            for process in [*extensions, runtime]:
+                number, call = self._pending_calls[process.name]
+                client, server_side = _connected_pair()
+                replace = {number: client.fileno()}
+                moved = listening.pop(process.name, None)
                 if moved is not None:
-                    moved.close()
-            with self._cond:
-                on_exit = functools.partial(self._on_restored_exit, process)
-                process.process = RestoredProcess(pid, on_exit=on_exit)  # type: ignore[assignment]
-                process.exited = None
-                process.started = time.monotonic()
-            server.adopt(server_side, call)
+                    replace[self._listeners[process.name]] = moved.fileno()
+                try:
+                    pid = snapshot.restore(self._image_pids[process.name], replace)
+                except BaseException:
+                    server_side.close()
+                    raise
+                finally:
+                    # The restored process holds its own copies now.
+                    client.close()
+                    if moved is not None:
+                        moved.close()
+                with self._cond:
+                    on_exit = functools.partial(self._on_restored_exit, process)
+                    process.process = RestoredProcess(pid, on_exit=on_exit)  # type: ignore[assignment]
+                    process.exited = None
+                    process.started = time.monotonic()
+                server.adopt(server_side, call)
+        finally:
+            # What a failed restore never handed over.
+            for listener in listening.values():
+                listener.close()
         self.restores += 1
         error = self._wait(
             lambda: runtime.waiting or self._restore_error is not None, started + INIT_LIMIT_S, "the restore"
