@@ -119,8 +119,10 @@ def gate() -> Iterator[Gate]:
 
 @pytest.fixture
 def connect() -> Iterator[Callable[[InvokeApi], LambdaClient]]:
-    """Makes a boto3 ``lambda`` client for an API; each is closed (its connections with it) at
-    the test's end."""
+    """Makes a boto3 ``lambda`` client for an API; each is closed at the test's end. Every test
+    reads each response's ``Payload``, as callers must: an unread one keeps its connection
+    checked out, and its socket meets the garbage collector still open, in whichever later test
+    that is (a ResourceWarning, which ``filterwarnings = error`` makes that test's failure)."""
     clients: list[LambdaClient] = []
 
     def connect(api: InvokeApi) -> LambdaClient:
@@ -273,14 +275,16 @@ def test_event_is_accepted_at_once_and_invoked_in_the_background(
 def test_invocations_of_one_on_demand_environment_take_turns(function_dir: Path, gate: Gate, connect: Connect) -> None:
     with LambdaEnvironment(function_dir, "app.gated") as env, InvokeApi({"writer": env}) as api:
         client = connect(api)
-        client.invoke(
+        accepted = client.invoke(
             FunctionName="writer", InvocationType="Event", Payload=json.dumps({"gate": gate.port, "name": "1"})
         )
+        assert accepted["Payload"].read() == b""
         first = gate.wait_for_caller()
         # The second waits for the environment, which the first has, and is handed out after it.
-        client.invoke(
+        accepted = client.invoke(
             FunctionName="writer", InvocationType="Event", Payload=json.dumps({"gate": gate.port, "name": "2"})
         )
+        assert accepted["Payload"].read() == b""
         release(first)
         release(gate.wait_for_caller())
         assert api.wait_for_events(timeout=20)
@@ -329,7 +333,9 @@ def test_managed_instances_with_no_worker_free_are_throttled(function_dir: Path,
             with pytest.raises(client.exceptions.TooManyRequestsException) as throttled:
                 client.invoke(FunctionName="gated", Payload=b"{}")
             release(handler)
-            assert "FunctionError" not in busy.result(timeout=20)
+            served = busy.result(timeout=20)
+    assert "FunctionError" not in served
+    assert json.loads(served["Payload"].read())["passed"] is None
     assert throttled.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
     assert throttled.value.response["Reason"] == "ConcurrentInvocationLimitExceeded"
 
@@ -338,6 +344,7 @@ def test_dry_run_answers_204_and_invokes_nothing(function_dir: Path, connect: Co
     with LambdaEnvironment(function_dir, "app.handler") as env, InvokeApi({"echo": env}) as api:
         response = connect(api).invoke(FunctionName="echo", InvocationType="DryRun", Payload=b"{}")
         assert response["StatusCode"] == 204
+        assert response["Payload"].read() == b""
         assert env.pids() == {}
         assert env.timeline == []
 
