@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +125,40 @@ def built_layer() -> Path:
     if not (built / "extensions" / "posthog-lambda").exists():
         layer_build().build(built)
     return built
+
+
+@dataclasses.dataclass
+class CaptureCommand:
+    """What ``posthog-lambda capture`` printed: its first line and port while it runs; the rest of
+    its output and its exit status once Ctrl-C has stopped it."""
+
+    banner: str
+    port: int
+    out: str = ""
+    err: str = ""
+    returncode: int | None = None
+
+
+@contextlib.contextmanager
+def capture_command(*args: str) -> Iterator[CaptureCommand]:
+    """Run ``python -m posthog_lambda capture ARGS`` as a user does and, on leaving the block,
+    stop it with Ctrl-C (SIGINT) and keep what it printed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, "-m", "posthog_lambda", "capture", *args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # Bounds the test even if the server never prints or never stops.
+    watchdog = threading.Timer(30, process.kill)
+    watchdog.start()
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        run = CaptureCommand(banner, int(banner.split("http://127.0.0.1:")[1].split()[0]))
+        yield run
+        process.send_signal(signal.SIGINT)
+        run.out, run.err = process.communicate(timeout=20)
+        run.returncode = process.returncode
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()

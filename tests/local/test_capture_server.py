@@ -8,10 +8,7 @@ import gzip
 import http.client
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -30,10 +27,10 @@ from posthog_lambda.local.capture_server import (
     ReceivedEvent,
     render_trace_tree,
 )
+from tests.helpers import capture_command
 
 KEY = "phc_local"
 _ABSENT: Any = object()  # a field left out, as opposed to set to null
-SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 @pytest.fixture
@@ -728,34 +725,18 @@ def test_posthog_python_sdk_ai_events_get_404_when_the_ai_endpoint_is_off() -> N
 
 
 def test_command_line_prints_requests_and_the_tree_on_ctrl_c() -> None:
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    command = [sys.executable, "-m", "posthog_lambda", "capture", "--port", "0", "--api-key", "phc_cli"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    # Bounds the test even if the server never prints or never stops.
-    watchdog = threading.Timer(30, process.kill)
-    watchdog.start()
-    try:
-        assert process.stdout is not None
-        banner = process.stdout.readline()
-        assert "phc_cli" in banner
-        port = int(banner.split("http://127.0.0.1:")[1].split()[0])
-        status = _post_to_port(port, batch(_ai("$ai_trace", 1, **{"$ai_trace_id": "cli", "$ai_span_name": "hello"}),
-                                           api_key="phc_cli"))  # fmt: skip
+    with capture_command("--port", "0", "--api-key", "phc_cli") as run:
+        assert "phc_cli" in run.banner
+        status = _post_to_port(run.port, batch(_ai("$ai_trace", 1, **{"$ai_trace_id": "cli", "$ai_span_name": "hello"}),
+                                               api_key="phc_cli"))  # fmt: skip
         assert status == 200
-        assert _post_to_port(port, batch(event(), api_key="phc_local")) == 401
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=20)
-    finally:
-        watchdog.cancel()
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, err
-    lines = out.splitlines()
+        assert _post_to_port(run.port, batch(event(), api_key="phc_local")) == 401
+    assert run.returncode == 0, run.err
+    lines = run.out.splitlines()
     assert "POST /batch/ -> 200 accepted: 1 event" in lines[0]
     assert "POST /batch/ -> 401 rejected: api key" in lines[1]
     assert lines[2:] == ["trace hello  [cli]"]
-    assert "Traceback" not in err
+    assert "Traceback" not in run.err
 
 
 def _post_to_port(port: int, body: Mapping[str, Any]) -> int:

@@ -8,11 +8,7 @@ import base64
 import hashlib
 import http.client
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,9 +22,9 @@ import pytest
 from posthog_lambda.local import CaptureServer
 from posthog_lambda.local.capture_server import AI_BATCH_PATH, BATCH_PATH, build_model, render_trace_tree, write_html
 from posthog_lambda.local.capture_server.viewer import EVENTS_PATH, page_html, script_json
+from tests.helpers import capture_command
 
 KEY = "phc_local"
-SRC = Path(__file__).resolve().parents[2] / "src"
 XSS = '</script><script>alert(1)</script><img src=x onerror="alert(2)"> & \u2028\u2029 <!-- --!>'
 
 
@@ -466,17 +462,9 @@ def test_capture_server_write_html_shows_each_event_once(server: CaptureServer, 
 
 def test_capture_command_prints_the_viewer_and_writes_the_page_on_ctrl_c(tmp_path: Path) -> None:
     html = tmp_path / "traces.html"
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    command = [sys.executable, "-m", "posthog_lambda", "capture", "--html", str(html)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    watchdog = threading.Timer(30, process.kill)  # bounds the test even if the server never stops
-    watchdog.start()
-    try:
-        assert process.stdout is not None
-        banner = process.stdout.readline()
-        port = int(banner.split("http://127.0.0.1:")[1].split()[0])
-        assert f"trace viewer at http://127.0.0.1:{port}/." in banner
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    with capture_command("--html", str(html)) as run:
+        assert f"trace viewer at http://127.0.0.1:{run.port}/." in run.banner
+        connection = http.client.HTTPConnection("127.0.0.1", run.port, timeout=10)
         connection.request("GET", "/")
         response = connection.getresponse()
         assert response.status == 200
@@ -484,15 +472,8 @@ def test_capture_command_prints_the_viewer_and_writes_the_page_on_ctrl_c(tmp_pat
         connection.request("POST", AI_BATCH_PATH, json.dumps({"api_key": KEY, "batch": invocation()}))
         assert connection.getresponse().status == 200
         connection.close()
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=20)
-    finally:
-        watchdog.cancel()
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, err
-    lines = out.splitlines()
+    assert run.returncode == 0, run.err
+    lines = run.out.splitlines()
     assert "POST /i/v0/ai/batch/ -> 200 accepted: 4 events" in lines[0]  # the GET / is not printed
     assert lines[1].startswith("trace ask  [t1]")
     assert lines[-1] == f"trace viewer written to {html}"
