@@ -46,10 +46,18 @@ def limit_after_413(size: int) -> int:
 
 
 def dumps(value: object) -> bytes:
-    """Compact, strict UTF-8 JSON: what goes on the wire."""
+    """Compact, strict UTF-8 JSON: what goes on the wire. A lone surrogate (which ``json.loads``
+    of ``"\\ud800"`` and ``surrogateescape`` decoding both make) is written as U+FFFD."""
     import json  # on first use: the library imports this module on every cold start
 
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # No UTF-8 holds a lone surrogate, and one bad character must not lose the event.
+        # Surrogates only occur inside JSON strings, so the replacement cannot break the
+        # document; a pair split in two is joined again.
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
 
 
 def encode(event: Event, limit: int) -> bytes:

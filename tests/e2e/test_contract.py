@@ -126,3 +126,18 @@ def test_max_event_bytes_holds_through_the_extension(deployment: Deployment) -> 
     assert size(retrieve) <= 20_000
     assert retrieve["properties"]["posthog_lambda_truncated"] == ["$ai_output_state"]
     assert "[truncated by posthog-lambda:" in retrieve["properties"]["$ai_output_state"]
+
+
+def test_a_lone_surrogate_in_the_event_reaches_posthog_replaced(deployment: Deployment) -> None:
+    # Lambda's JSON decoder makes a lone surrogate of an escaped "\udce9" in the invocation's
+    # event; the extension serializes the span that captured it.
+    deployment.code(FUNCTION)
+    with deployment.environment("end") as env:
+        assert env.invoke({"q": "caf\udce9"}).status == "success"
+        env.shutdown()
+    deployment.posthog.wait_for_events(2, timeout=10, predicate=lambda e: e.name != "$ai_metric")
+    events = everything(deployment)
+    (retrieve,) = [e for e in events if e["properties"].get("$ai_span_name") == "retrieve"]
+    assert retrieve["properties"]["$ai_input_state"] == "caf\ufffd"
+    assert "posthog_lambda_dropped" not in [e["event"] for e in events]
+    assert_all_built(events)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pydantic
 
-from posthog_lambda import span
+from posthog_lambda import dropped_counts, span
 from posthog_lambda_contract.jsonable import to_jsonable
 from tests.helpers import one
 
@@ -154,3 +154,15 @@ def test_captured_values_do_not_follow_later_mutation(events: list[Any]) -> None
     with span("s", input=messages):
         messages.append({"role": "assistant", "content": "later"})
     assert one(events, "$ai_span")["properties"]["$ai_input_state"] == [{"role": "user", "content": "hi"}]
+
+
+def test_a_lone_surrogate_is_replaced_not_the_end_of_the_trace(events: list[Any]) -> None:
+    # json.loads makes one of an escaped "\udce9" (as a request body or queue message may carry),
+    # and surrogateescape decoding of bytes that are not UTF-8 does too: no UTF-8 can hold it.
+    latin1 = json.loads('"caf\\udce9"')
+    with span("s", input={"q": latin1, json.loads('"\\ud800k"'): 1, "pair": "\ud83d" + "\ude00"}) as s:
+        s.update(output=b"caf\xe9".decode("utf-8", "surrogateescape"))
+    props = one(events, "$ai_span")["properties"]
+    assert props["$ai_input_state"] == {"q": "caf\ufffd", "\ufffdk": 1, "pair": "\U0001f600"}
+    assert props["$ai_output_state"] == "caf\ufffd"
+    assert dropped_counts() == {}
