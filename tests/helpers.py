@@ -139,12 +139,21 @@ class CaptureCommand:
     returncode: int | None = None
 
 
+# `python -m posthog_lambda` with Ctrl-C at its default, as in a terminal's foreground job: a test
+# run started in the background by a script (`make test &`, nohup) hands its children SIGINT
+# ignored, and Python then never raises KeyboardInterrupt.
+_AS_IN_A_TERMINAL = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('posthog_lambda', run_name='__main__', alter_sys=True)"
+)
+
+
 @contextlib.contextmanager
 def capture_command(*args: str) -> Iterator[CaptureCommand]:
     """Run ``python -m posthog_lambda capture ARGS`` as a user does and, on leaving the block,
     stop it with Ctrl-C (SIGINT) and keep what it printed."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    command = [sys.executable, "-m", "posthog_lambda", "capture", *args]
+    command = [sys.executable, "-c", _AS_IN_A_TERMINAL, "capture", *args]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     # Bounds the test even if the server never prints or never stops.
     watchdog = threading.Timer(30, process.kill)
