@@ -54,10 +54,34 @@ def dumps(value: object) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        # No UTF-8 holds a lone surrogate, and one bad character must not lose the event.
-        # Surrogates only occur inside JSON strings, so the replacement cannot break the
-        # document; a pair split in two is joined again.
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
+        # Surrogates only occur inside JSON strings, so the replacement cannot break the document.
+        return _replaced(text).encode("utf-8")
+
+
+def well_formed(value: Any) -> Any:
+    """``value`` itself if every string in it (keys too) is one UTF-8 can hold, else a copy with
+    each lone surrogate written as U+FFFD: what ``dumps`` writes, and what PostHog's capture
+    stores of an escaped one."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return _replaced(value)
+        return value
+    if isinstance(value, dict):
+        mended = {well_formed(k): well_formed(v) for k, v in value.items()}
+        same = all(k in value and value[k] is v for k, v in mended.items()) and len(mended) == len(value)
+        return value if same else mended
+    if isinstance(value, list | tuple):
+        items = [well_formed(v) for v in value]
+        return value if all(a is b for a, b in zip(value, items, strict=True)) else items
+    return value
+
+
+def _replaced(text: str) -> str:
+    # No UTF-8 holds a lone surrogate, and one bad character must not lose the event; a pair
+    # written in two halves is joined again.
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def encode(event: Event, limit: int) -> bytes:
@@ -69,13 +93,20 @@ def encode(event: Event, limit: int) -> bytes:
 
 
 def fitted(event: Event, limit: int) -> Event:
-    """The event itself if it is within ``limit`` bytes, else a copy with its largest values cut."""
+    """The event itself if it is ``well_formed`` and within ``limit`` bytes, else a copy: each
+    lone surrogate written as U+FFFD, and its largest values cut if it exceeds ``limit``."""
     import json
 
-    # ASCII-escaped JSON is never shorter than the UTF-8 bytes: a cheap upper bound first.
-    if len(json.dumps(event, separators=(",", ":"))) <= limit:
-        return event
-    return cut(event, limit)
+    # ASCII-escaped JSON is never shorter than the UTF-8 bytes: a cheap upper bound. A surrogate
+    # shows in it as "\\ud...", and only then is the exact check worth its second dumps.
+    text = json.dumps(event, separators=(",", ":"))
+    if "\\ud" in text:
+        try:
+            json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            event = well_formed(event)
+            text = json.dumps(event, separators=(",", ":"))
+    return event if len(text) <= limit else cut(event, limit)
 
 
 def cut(event: Event, limit: int) -> Event:

@@ -161,6 +161,32 @@ def test_body_that_is_not_a_json_object_is_400(server: CaptureServer, body: byte
     assert server.events == []
 
 
+# Surrogates written as UTF-8 bytes (CESU-8) are not UTF-8; Latin-1 bytes are not either. The
+# first once left the client without an answer (the server failed on the event after parsing it).
+@pytest.mark.parametrize("raw", [b"caf\xed\xb3\xa9", b"caf\xe9"], ids=["encoded-surrogate", "latin-1"])
+def test_body_that_is_not_utf_8_is_400(server: CaptureServer, raw: bytes) -> None:
+    body = json.dumps(batch(event(properties={"q": "QUERY"}))).encode().replace(b"QUERY", raw)
+    status, answer, _ = post(server, BATCH_PATH, body)
+    assert status == 400
+    assert "not UTF-8" in answer["detail"]
+    assert server.events == []
+
+
+def test_an_escaped_lone_surrogate_is_stored_as_u_fffd(server: CaptureServer, tmp_path: Path) -> None:
+    # As posthog-python sends one (json.dumps escapes it) and PostHog's capture stores it. It once
+    # left the client without an answer, and the page and trace tree could not show it.
+    lone = json.loads('"caf\\udce9"')
+    sent = event("$ai_generation", distinct_id="\ud800", properties={"$ai_trace_id": "t", lone: [lone], "emoji": "🙂"})
+    status, _, _ = post(server, AI_BATCH_PATH, batch(sent))
+
+    assert status == 200
+    (received,) = server.events
+    assert received.distinct_id == "\ufffd"
+    assert received.event["properties"] == {"$ai_trace_id": "t", "caf\ufffd": ["caf\ufffd"], "emoji": "🙂"}
+    assert "caf\ufffd" in server.write_html(tmp_path / "traces.html").read_text(encoding="utf-8")
+    assert "generation" in server.trace_tree()
+
+
 @pytest.mark.parametrize("api_key", [_ABSENT, "", "phc_someone_else", None], ids=["missing", "empty", "wrong", "null"])
 def test_missing_or_wrong_api_key_is_401(server: CaptureServer, api_key: Any) -> None:
     status, answer, _ = post(server, BATCH_PATH, batch(event(), api_key=api_key))

@@ -14,7 +14,7 @@ from typing import Any
 
 import pydantic
 
-from posthog_lambda import dropped_counts, span
+from posthog_lambda import configure, dropped_counts, span
 from posthog_lambda_contract.jsonable import to_jsonable
 from tests.helpers import one
 
@@ -165,4 +165,22 @@ def test_a_lone_surrogate_is_replaced_not_the_end_of_the_trace(events: list[Any]
     props = one(events, "$ai_span")["properties"]
     assert props["$ai_input_state"] == {"q": "caf\ufffd", "\ufffdk": 1, "pair": "\U0001f600"}
     assert props["$ai_output_state"] == "caf\ufffd"
+    assert dropped_counts() == {}
+
+
+def test_a_sink_of_ones_own_gets_only_text_utf_8_can_hold() -> None:
+    # A sink that writes its events as UTF-8 (a file, a log line, a queue) once raised on a
+    # lone surrogate, and the whole trace was counted as sink_error.
+    written: list[bytes] = []
+
+    class Utf8Lines:
+        def send(self, events: Any) -> None:
+            written.extend(json.dumps(e, ensure_ascii=False).encode("utf-8") for e in events)
+
+    configure(sink=Utf8Lines())
+    with span("s", input={"q": json.loads('"caf\\udce9"'), "pair": "\ud83d" + "\ude00", "plain": "café 🙂"}):
+        pass
+    (line,) = written
+    state = json.loads(line)["properties"]["$ai_input_state"]
+    assert state == {"q": "caf\ufffd", "pair": "\U0001f600", "plain": "café 🙂"}
     assert dropped_counts() == {}

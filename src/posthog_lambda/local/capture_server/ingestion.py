@@ -1,6 +1,8 @@
 """PostHog's ingestion rules as the local capture server applies them: its endpoints, what is
-answered 400, 401, 404, 405 and 413, and how gzip bodies (by header or ``?compression=``) are
-read, each request judged into a :class:`Verdict` before any injected fault applies."""
+answered 400, 401, 404, 405 and 413, how gzip bodies (by header or ``?compression=``) are read,
+and that an escaped lone surrogate (``"\\udce9"``, which JSON allows and no UTF-8 holds) is
+stored as U+FFFD, as PostHog's capture does; each request judged into a :class:`Verdict` before
+any injected fault applies."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs
+
+from posthog_lambda_contract.limits import well_formed
 
 from .received import Outcome, events_text, uuid_key
 
@@ -114,9 +118,15 @@ def _decoded(settings: IngestionSettings, raw: bytes, body_bytes: int, gzipped: 
 
 def _check_body(settings: IngestionSettings, endpoint: str, body: bytes, verdict: Verdict) -> None:
     try:
-        payload = json.loads(body)
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejection(400, "invalid_payload", f"body is not UTF-8: {exc}") from None
+    try:
+        payload = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise Rejection(400, "invalid_payload", f"body is not JSON: {exc}") from None
+    if "\\ud" in text or "\\uD" in text:
+        payload = well_formed(payload)
     if not isinstance(payload, dict):
         raise Rejection(400, "invalid_payload", f"body must be a JSON object, not {type(payload).__name__}")
     sent_at = payload.get("sent_at")
