@@ -215,13 +215,17 @@ class Reader:
 
 # -- the spool: frames that could not go over the socket -------------------------------------
 #
-# A writer appends whole frames to its own file, under an exclusive flock, and checks that the
-# file it locked is still the one at the path: the extension claims a file by renaming it, then
-# takes the lock before reading it, so a frame is either in a claimed file it reads whole or
-# in a fresh file it will claim next time. Nothing is read twice, nothing in between is lost.
+# A writer appends whole frames to its own file, under an exclusive flock. The extension claims
+# a file by renaming it, then takes the lock, reads the file whole and removes it before letting
+# go. So a file the writer has locked and that still has a name has not been read yet: at the
+# path or claimed, it is read whole after the writer lets go. Only a file already read (no
+# name left) sends the writer to a fresh one. Nothing is read twice, nothing in between is lost.
 
 SPOOL_SUFFIX = ".frames"
 _CLAIMED_SUFFIX = ".claimed"
+_SPOOL_ATTEMPTS = 20
+"""Files a writer finds claimed and read under it before it gives up. The extension claims at
+each drain, so even one during a write is rare; a claimer in a tight loop makes a few."""
 
 
 def append_to_spool(path: str, frame: bytes) -> None:
@@ -229,16 +233,12 @@ def append_to_spool(path: str, frame: bytes) -> None:
     import fcntl
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    for _ in range(5):
+    for _ in range(_SPOOL_ATTEMPTS):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                current = os.stat(path)
-            except FileNotFoundError:
-                continue  # claimed between open and lock: write to a fresh file
-            if os.fstat(fd).st_ino != current.st_ino:
-                continue
+            if os.fstat(fd).st_nlink == 0:
+                continue  # claimed and read between open and lock: write to a fresh file
             os.write(fd, frame)
             return
         finally:

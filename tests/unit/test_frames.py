@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import threading
+import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -135,28 +138,63 @@ def test_valid_event(event: object, problem: str) -> None:
     assert _frames.valid_event({"event": "e", "distinct_id": "d", "uuid": "u", "properties": {}}) is None
 
 
+def test_a_file_claimed_before_the_writer_locks_it_takes_the_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The claimer reads a claimed file only once it holds the lock, so a writer that locks the
+    # file first still writes into it. Once, each such claim sent the writer to a fresh file,
+    # and a few in a row lost the frame ("kept being claimed while writing").
+    import fcntl
+
+    path = tmp_path / f"1{_frames.SPOOL_SUFFIX}"
+    claims = 0
+    lock = fcntl.flock
+
+    def claimed_first(fd: int, operation: int) -> None:
+        nonlocal claims
+        if path.exists():  # as claim_spool renames it
+            path.rename(tmp_path / f"1{_frames._CLAIMED_SUFFIX}")
+            claims += 1
+        lock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", claimed_first)
+    frame = _frames.encode(END, {"request_id": "r", "trace_id": "t"})
+    _frames.append_to_spool(str(path), frame)
+    monkeypatch.undo()
+
+    assert claims == 1
+    assert _frames.claim_spool(str(tmp_path)) == [frame]
+    assert os.listdir(tmp_path) == []
+
+
 def test_spool_written_while_claimed_loses_and_repeats_nothing(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     path = str(spool / f"1{_frames.SPOOL_SUFFIX}")
     written = 400
-    done = threading.Event()
+    failed: list[OSError] = []
 
     def write() -> None:
-        for n in range(written):
-            _frames.append_to_spool(path, _frames.encode(END, {"request_id": str(n), "trace_id": "t"}))
-        done.set()
+        try:
+            for n in range(written):
+                _frames.append_to_spool(path, _frames.encode(END, {"request_id": str(n), "trace_id": "t"}))
+        except OSError as exc:  # the loop below ends with the writer, however it ends
+            failed.append(exc)
 
     writer = threading.Thread(target=write)
     writer.start()
     seen: list[str] = []
+    deadline = time.monotonic() + 60
     while True:
-        finished = done.is_set()
+        finished = not writer.is_alive()
+        if not finished and time.monotonic() > deadline:
+            stack = "".join(traceback.format_stack(sys._current_frames()[writer.ident or 0]))
+            pytest.fail(f"60 s on, {len(seen)} of {written} frames read and the writer still at\n{stack}")
         for content in _frames.claim_spool(str(spool)):
             frames, errors = Reader().feed(content)
             assert errors == []
             seen += [payload["request_id"] for _, payload in frames]
         if finished:
             break
-    writer.join()
+    assert failed == []
     assert seen == [str(n) for n in range(written)]
     assert os.listdir(spool) == []
