@@ -186,8 +186,9 @@ def test_spool_written_while_claimed_loses_and_repeats_nothing(tmp_path: Path) -
     deadline = time.monotonic() + 60
     while True:
         finished = not writer.is_alive()
-        if not finished and time.monotonic() > deadline:
-            stack = "".join(traceback.format_stack(sys._current_frames()[writer.ident or 0]))
+        at = None if finished or time.monotonic() < deadline else sys._current_frames().get(writer.ident or 0)
+        if at is not None:  # None too when the writer ended just now
+            stack = "".join(traceback.format_stack(at))
             pytest.fail(f"60 s on, {len(seen)} of {written} frames read and the writer still at\n{stack}")
         for content in _frames.claim_spool(str(spool)):
             frames, errors = Reader().feed(content)
